@@ -1,0 +1,283 @@
+"""The tagpulse Faust app: `faust -A streams.app worker` or `tagpulse worker`.
+
+Two agents, each a thin shell over a pure state machine:
+- dedup_and_window (stage 1, tagpulse.core.stage1) on the raw posts topic;
+- merge_windows (stage 2, tagpulse.core.stage2) on the partial windows topic.
+
+Throughput comes from amortising Faust's per-message cost: producers pack
+hundreds of posts into one Kafka message, agents take many messages at a time,
+and each (partition, batch) costs one Kafka transaction. Faust's own windowed
+tables and exactly-once mode are not used (they close windows on wall-clock
+time, lose windows on rebalance and double count: faust-streaming #193, #385,
+#517); see docs/streaming.md for the semantics we implement instead.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import faust
+import orjson
+
+from streams.partition_tasks import PartitionLost, PartitionTask, pack_json_arrays, tag_partition
+from tagpulse import config
+from tagpulse.core.stage1 import DedupWindowState
+from tagpulse.core.stage2 import MergeState
+
+log = logging.getLogger("tagpulse.streams")
+
+settings = config.load()
+topics = settings.topics
+
+# Messages per agent batch: each message holds up to ~500 posts from our producers.
+TAKE_MESSAGES = int(os.environ.get("TAGPULSE_TAKE_MESSAGES", "200"))
+TAKE_WITHIN_S = float(os.environ.get("TAGPULSE_TAKE_WITHIN", "0.2"))
+
+app = faust.App(
+    settings.app_id,
+    broker=f"kafka://{settings.kafka_bootstrap}",
+    store="memory://",
+    web_enabled=False,
+    topic_partitions=settings.partitions,
+    topic_replication_factor=1,
+    consumer_auto_offset_reset="earliest",
+    broker_max_poll_records=2000,
+    consumer_max_fetch_size=8 * 1024 * 1024,
+    stream_buffer_maxsize=4096,
+    producer_acks=-1,
+)
+
+# acks=False: Faust must never commit offsets of these topics; our transactions do.
+raw_topic = app.topic(topics.raw, value_serializer="raw", key_serializer="raw", acks=False)
+partial_topic = app.topic(topics.partial_windows, value_serializer="raw", key_serializer="raw", acks=False)
+
+
+class Stage:
+    """Owns the PartitionTasks of one stage in this worker."""
+
+    def __init__(self, name: str, source_topic: str, changelog_topic: str, make_state):
+        self.name = name
+        self.source_topic = source_topic
+        self.changelog_topic = changelog_topic
+        self.make_state = make_state
+        self.tasks: dict[int, PartitionTask] = {}
+        self._opening: dict[int, asyncio.Task] = {}
+
+    async def task(self, partition: int) -> PartitionTask:
+        task = self.tasks.get(partition)
+        if task is not None:
+            return task
+        opening = self._opening.get(partition)
+        if opening is None:
+            opening = self._opening[partition] = asyncio.ensure_future(PartitionTask.open(
+                bootstrap=settings.kafka_bootstrap, app_id=settings.app_id, stage=self.name,
+                source_topic=self.source_topic, partition=partition,
+                changelog_topic=self.changelog_topic, state=self.make_state(partition)))
+        try:
+            task = await opening
+        finally:
+            self._opening.pop(partition, None)
+        self.tasks[partition] = task
+        return task
+
+    async def drop(self, partition: int) -> None:
+        task = self.tasks.pop(partition, None)
+        if task is not None:
+            async with task.lock:
+                await task.close()
+
+    async def drop_all(self) -> None:
+        for partition in list(self.tasks):
+            await self.drop(partition)
+
+
+def _dead_letter_outputs(rows: list[dict], partition: int) -> list[tuple[str, int, bytes]]:
+    now = time.time()
+    for row in rows:
+        row["at"] = now
+    return [(topics.dead_letters, partition % settings.partitions, value) for value in pack_json_arrays(rows)]
+
+
+stage1 = Stage(
+    "dedup-window", topics.raw, topics.stage1_state,
+    lambda p: DedupWindowState(p, settings.windows, settings.grace_s, settings.dedup_ttl_s),
+)
+stage2 = Stage(
+    "merge", topics.partial_windows, topics.stage2_state,
+    lambda p: MergeState(p, upstream_partitions=settings.partitions),
+)
+
+
+def stage1_outputs(task: PartitionTask, result, wm_before, idle_before) -> list[tuple[str, int, bytes]]:
+    state: DedupWindowState = task.state
+    p = task.partition
+    out = [(topics.unique_posts, p, v) for v in pack_json_arrays(result.unique_posts)]
+    out += [(topics.late, p, v) for v in pack_json_arrays(result.late_rows())]
+    out += _dead_letter_outputs(result.dead_letters, p)
+    if result.partials or result.watermark_changed or task.transactions == 0:
+        by_target: dict[int, list] = {q: [] for q in range(settings.partitions)}
+        for partial in result.partials:
+            by_target[tag_partition(partial[2], settings.partitions)].append(partial)
+        for q, rows in by_target.items():
+            chunks = pack_json_arrays(rows) or [b"[]"]
+            # Only the last chunk announces the new watermark, so the merge stage
+            # cannot finalise a window before it has every chunk of this batch.
+            for i, chunk in enumerate(chunks):
+                last = i == len(chunks) - 1
+                marker = {"src": p, "wm": state.watermark if last else wm_before,
+                          "idle": state.idle if last else idle_before}
+                out.append((topics.partial_windows, q,
+                            orjson.dumps(marker)[:-1] + b',"rows":' + chunk + b"}"))
+    return out
+
+
+async def run_stage1(partition: int, records: list[tuple[int, bytes]]) -> None:
+    task = await stage1.task(partition)
+    async with task.lock:
+        state: DedupWindowState = task.state
+        wm_before, idle_before, offset_before = state.watermark, state.idle, state.offset
+        result = state.process(records, topics.raw)
+        if state.offset == offset_before:
+            return  # every record was applied before (redelivery after a restart)
+        outputs = stage1_outputs(task, result, wm_before, idle_before)
+        await task.commit(outputs, state.delta(), state.offset + 1)
+        task.last_activity = time.monotonic()
+    metrics_stage1(partition, result, state)
+
+
+async def idle_stage1(partition: int, now: float) -> None:
+    task = await stage1.task(partition)
+    async with task.lock:
+        state: DedupWindowState = task.state
+        if time.monotonic() - task.last_activity < settings.idle_timeout_s:
+            return
+        highwater = app.consumer.highwater(app_tp(topics.raw, partition))
+        if highwater is not None and highwater > state.offset + 1:
+            return  # a backlog is waiting: not idle, just busy elsewhere
+        wm_before, idle_before = state.watermark, state.idle
+        width = state.width
+        result = state.advance_idle(now)
+        crossed = (wm_before is None) != (state.watermark is None) or (
+            state.watermark is not None and wm_before is not None and state.watermark // width != wm_before // width)
+        if not (result.partials or crossed or idle_before != state.idle or task.transactions == 0):
+            return
+        outputs = stage1_outputs(task, result, wm_before, idle_before)
+        await task.commit(outputs, state.delta(), None)
+    metrics_stage1(partition, result, state)
+
+
+async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
+    task = await stage2.task(partition)
+    async with task.lock:
+        state: MergeState = task.state
+        offset_before = state.offset
+        result = state.process(records)
+        if state.offset == offset_before:
+            return
+        now = time.time()
+        for row in result.rows:
+            row["closed_at"] = now
+        outputs = [(topics.windows, partition, v) for v in pack_json_arrays(result.rows)]
+        outputs += [(topics.late, partition, v) for v in pack_json_arrays(result.late_rows())]
+        await task.commit(outputs, state.delta(), state.offset + 1)
+        task.last_activity = time.monotonic()
+    metrics_stage2(partition, result, state)
+
+
+def app_tp(topic: str, partition: int):
+    from faust.types import TP
+    return TP(topic, partition)
+
+
+def _group(events) -> dict[int, list[tuple[int, bytes]]]:
+    by_partition: dict[int, list[tuple[int, bytes]]] = {}
+    for event in events:
+        message = event.message
+        by_partition.setdefault(message.partition, []).append((message.offset, message.value))
+    for records in by_partition.values():
+        records.sort(key=lambda r: r[0])
+    return by_partition
+
+
+async def _run_batch(runner, stage: Stage, events) -> None:
+    groups = _group(events)
+    results = await asyncio.gather(*(runner(p, recs) for p, recs in groups.items()), return_exceptions=True)
+    for partition, outcome in zip(groups, results):
+        if isinstance(outcome, PartitionLost):
+            log.warning("%s", outcome)
+            await stage.drop(partition)
+        elif isinstance(outcome, BaseException):
+            fatal(f"{stage.name} partition {partition} failed", outcome)
+
+
+def fatal(what: str, exc: BaseException) -> None:
+    """Crash the worker: every effect is transactional, so a restart resumes exactly."""
+    log.critical("%s: %r — exiting so the worker restarts from committed state", what, exc, exc_info=exc)
+    logging.shutdown()
+    os._exit(70)
+
+
+@app.agent(raw_topic)
+async def dedup_and_window(stream):
+    async for events in stream.take_events(TAKE_MESSAGES, within=TAKE_WITHIN_S):
+        await _run_batch(run_stage1, stage1, events)
+
+
+@app.agent(partial_topic)
+async def merge_windows(stream):
+    async for events in stream.take_events(TAKE_MESSAGES, within=TAKE_WITHIN_S):
+        await _run_batch(run_stage2, stage2, events)
+
+
+@app.timer(interval=1.0)
+async def advance_idle_partitions():
+    now = time.time()
+    try:
+        assigned = [tp.partition for tp in app.consumer.assignment() if tp.topic == topics.raw]
+    except Exception:  # consumer not started yet
+        return
+    for partition in assigned:
+        try:
+            await idle_stage1(partition, now)
+        except PartitionLost as exc:
+            log.warning("%s", exc)
+            await stage1.drop(partition)
+        except Exception as exc:
+            fatal(f"idle advance of partition {partition} failed", exc)
+
+
+@app.on_partitions_revoked.connect
+async def on_revoked(app, revoked, **kwargs):
+    for tp in revoked:
+        if tp.topic == topics.raw:
+            await stage1.drop(tp.partition)
+        elif tp.topic == topics.partial_windows:
+            await stage2.drop(tp.partition)
+
+
+@app.on_partitions_assigned.connect
+async def on_assigned(app, assigned, **kwargs):
+    # Drop tasks for partitions we no longer own (assignment replaces, not adds).
+    owned = {(tp.topic, tp.partition) for tp in assigned}
+    for stage in (stage1, stage2):
+        for partition in list(stage.tasks):
+            if (stage.source_topic, partition) not in owned:
+                await stage.drop(partition)
+
+
+@app.on_worker_init.connect
+def start_metrics(app, **kwargs):
+    from streams import observe
+    observe.start_worker_metrics(settings)
+
+
+def metrics_stage1(partition, result, state) -> None:
+    from streams import observe
+    observe.stage1(partition, result, state)
+
+
+def metrics_stage2(partition, result, state) -> None:
+    from streams import observe
+    observe.stage2(partition, result, state)

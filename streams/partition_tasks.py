@@ -1,0 +1,171 @@
+"""Transactional per-partition processing: the imperative shell around stage 1 and 2.
+
+Each input partition a worker owns gets a PartitionTask: its state (restored
+from the stage's changelog topic) and a transactional producer whose
+transactional.id names the partition. Initialising that producer fences any
+previous owner of the partition (a zombie after a rebalance or a crash) and
+aborts its open transaction, and only then do we read the changelog, so we
+restore exactly the committed state.
+
+Every batch then commits, in ONE Kafka transaction: the outputs, the changelog
+delta and the source offset. Faust never commits these topics (they are
+declared with acks=False), so the committed offset always equals the offset
+stored in the changelog, and a crash at any moment rolls back to a consistent
+(state, outputs, offset) triple.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable, Iterable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.partitioner import murmur2
+
+log = logging.getLogger("tagpulse.streams")
+
+# The broker's default max.message.bytes is 1 MiB; keep every message clearly below it.
+MAX_MESSAGE_BYTES = 900_000
+# Transient broker trouble (restart, leader move) is retried for this long before the worker gives up.
+COMMIT_RETRY_SECONDS = 300.0
+
+
+class PartitionLost(Exception):
+    """Another worker owns the partition now (we were fenced); drop it."""
+
+
+def tag_partition(tag: str, partitions: int) -> int:
+    """Kafka's default partitioner applied to the tag: the merge stage's partition for it."""
+    return (murmur2(tag.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def pack_json_arrays(rows: list, max_bytes: int = MAX_MESSAGE_BYTES) -> list[bytes]:
+    """Encode rows as JSON arrays of at most max_bytes each (a single larger row stands alone)."""
+    if not rows:
+        return []
+    encoded = [orjson.dumps(row) for row in rows]
+    messages, chunk, size = [], [], 2
+    for item in encoded:
+        if chunk and size + len(item) + 1 > max_bytes:
+            messages.append(b"[" + b",".join(chunk) + b"]")
+            chunk, size = [], 2
+        chunk.append(item)
+        size += len(item) + 1
+    messages.append(b"[" + b",".join(chunk) + b"]")
+    return messages
+
+
+Output = tuple[str, int, bytes]  # topic, partition, value
+
+
+class PartitionTask:
+    def __init__(self, stage: str, source_topic: str, partition: int, changelog_topic: str,
+                 state, producer: AIOKafkaProducer, group_id: str):
+        self.stage = stage
+        self.source_topic = source_topic
+        self.partition = partition
+        self.changelog_topic = changelog_topic
+        self.state = state
+        self.producer = producer
+        self.group_id = group_id
+        self.lock = asyncio.Lock()
+        self.last_activity = time.monotonic()
+        self.transactions = 0
+
+    @classmethod
+    async def open(cls, *, bootstrap: str, app_id: str, stage: str, source_topic: str, partition: int,
+                   changelog_topic: str, state, producer_config: dict | None = None) -> "PartitionTask":
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            transactional_id=f"{app_id}-{stage}-{partition}",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_request_size=MAX_MESSAGE_BYTES + 100_000,
+            **(producer_config or {}),
+        )
+        await producer.start()  # init_transactions: fences the previous owner
+        try:
+            applied = await restore_changelog(bootstrap, changelog_topic, partition, state.apply_delta)
+        except BaseException:
+            await producer.stop()
+            raise
+        log.info("%s partition %d restored from %d changelog records (offset %d)",
+                 stage, partition, applied, state.offset)
+        return cls(stage, source_topic, partition, changelog_topic, state, producer, app_id)
+
+    async def commit(self, outputs: Iterable[Output], delta: bytes, next_offset: int | None) -> None:
+        """Write outputs + changelog delta (+ the source offset) atomically, retrying transient errors."""
+        outputs = list(outputs)
+        deadline = time.monotonic() + COMMIT_RETRY_SECONDS
+        backoff = 0.2
+        while True:
+            try:
+                await self._transaction(outputs, delta, next_offset)
+                self.transactions += 1
+                return
+            except ProducerFenced as exc:
+                raise PartitionLost(f"{self.stage} partition {self.partition}: fenced by a newer owner") from exc
+            except KafkaError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("%s partition %d: transaction failed (%r); retrying in %.1fs",
+                            self.stage, self.partition, exc, backoff)
+                await self._abort_quietly()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _transaction(self, outputs: list[Output], delta: bytes, next_offset: int | None) -> None:
+        producer = self.producer
+        await producer.begin_transaction()
+        futures = []
+        for topic, partition, value in outputs:
+            futures.append(await producer.send(topic, value, partition=partition))
+        futures.append(await producer.send(self.changelog_topic, delta, partition=self.partition))
+        if next_offset is not None:
+            await producer.send_offsets_to_transaction(
+                {TopicPartition(self.source_topic, self.partition): next_offset}, self.group_id)
+        await asyncio.gather(*futures)
+        await producer.commit_transaction()
+
+    async def _abort_quietly(self) -> None:
+        try:
+            await self.producer.abort_transaction()
+        except Exception as exc:  # the producer may be in a state where abort is not allowed
+            log.debug("abort failed: %r", exc)
+
+    async def close(self) -> None:
+        try:
+            await self.producer.stop()
+        except Exception as exc:
+            log.debug("producer stop failed: %r", exc)
+
+
+async def restore_changelog(bootstrap: str, topic: str, partition: int, apply: Callable[[bytes], None]) -> int:
+    """Apply every committed changelog record of one partition, oldest first."""
+    tp = TopicPartition(topic, partition)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
+    await consumer.start()
+    applied = 0
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
+            for record in batch.get(tp, []):
+                apply(record.value)
+                applied += 1
+    finally:
+        await consumer.stop()
+    return applied

@@ -1,0 +1,298 @@
+"""Stage 1: dedup and per-partition window panes for one input partition (pure).
+
+The state machine behind the `dedup-window` agent. It turns raw-topic records
+into unique posts, dead letters, late-event counts and *partial* windows (this
+partition's share of each window, with its author map), and records every
+change it makes in a changelog delta so the shell can persist it in the same
+Kafka transaction as the outputs.
+
+Semantics (docs/streaming.md):
+- watermark = max event time seen in this partition - grace; a window closes
+  when the watermark passes its end, and a closed window never reopens;
+- a post for a closed window is late: counted per window, not folded in;
+- a partition idle for idle_timeout (and caught up) advances its watermark to
+  wall clock - grace, so a finished replay closes every window.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+
+from tagpulse.core.dedup import DedupIndex, key_hash
+from tagpulse.core.windows import Reach, WindowSpec, pane_width, post_engagement, window_starts
+
+# How far the dedup horizon must move before we scan for expired keys: a scan
+# walks the whole index, so it runs at most once per hour of event time.
+DEDUP_EXPIRY_STEP = 3600
+
+
+class RecordError(Exception):
+    """A record that cannot become a post; `reason` goes to the dead letters."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def epoch_seconds(created_at: str) -> int:
+    # created_at is validated RFC 3339 UTC with a 'Z' suffix.
+    return int(datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp())
+
+
+@dataclass
+class Stage1Result:
+    unique_posts: list[dict] = field(default_factory=list)
+    dead_letters: list[dict] = field(default_factory=list)
+    late: dict[tuple, int] = field(default_factory=dict)  # (tag, platform, size, start) -> events
+    partials: list[list] = field(default_factory=list)  # [size, start, tag, platform, *Reach.to_list()]
+    posts_in: dict[str, int] = field(default_factory=dict)  # platform -> valid posts read
+    duplicates: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    watermark_changed: bool = False
+
+    def late_rows(self) -> list[dict]:
+        return [
+            {"tag": tag, "platform": platform, "window_size": size, "window_start": start, "events": n}
+            for (tag, platform, size, start), n in self.late.items()
+        ]
+
+
+class DedupWindowState:
+    """All state of one stage-1 partition; mutate only through process/advance_idle."""
+
+    def __init__(self, partition: int, specs: tuple[WindowSpec, ...], grace: int, dedup_ttl: int,
+                 decode=None):
+        self.partition = partition
+        self.specs = tuple(specs)
+        self.width = pane_width(self.specs)
+        self.max_size = max(size for size, _ in self.specs)
+        self.grace = grace
+        self.dedup_ttl = dedup_ttl
+        self._decode = decode or _default_decode()
+        # durable state
+        self.offset = -1
+        self.max_event: int | None = None
+        self.watermark: int | None = None
+        self.idle = False
+        self.dedup = DedupIndex()
+        self.panes: dict[int, dict[tuple[str, str], Reach]] = {}
+        # changes since the last delta()
+        self._new_keys: list[list[int]] = []
+        self._dirty: set[tuple[int, str, str]] = set()
+        self._evicted: list[int] = []
+        self._expired_to: int | None = None
+
+    # ----------------------------------------------------------------- input
+    def process(self, records: list[tuple[int, bytes]], source: str = "") -> Stage1Result:
+        """Apply records (offset, value) in offset order; skips offsets already applied."""
+        result = Stage1Result()
+        for offset, value in records:
+            if offset <= self.offset:
+                continue
+            self.offset = offset
+            self._process_value(value, f"{source}/{self.partition}/{offset}", result)
+        return result
+
+    def _process_value(self, value: bytes, where: str, result: Stage1Result) -> None:
+        try:
+            decoded = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            result.dead_letters.append(_dead_letter(value, f"invalid_json: {exc}", where))
+            return
+        items = decoded if isinstance(decoded, list) else [decoded]
+        for index, item in enumerate(items):
+            try:
+                posts = self._decode(item)
+            except RecordError as exc:
+                result.dead_letters.append(_dead_letter(item, exc.reason, f"{where}#{index}"))
+                continue
+            if not posts:
+                result.skipped += 1
+            for post in posts:
+                self._apply_post(post, result)
+
+    def _apply_post(self, post: dict, result: Stage1Result) -> None:
+        platform = post["platform"]
+        t = epoch_seconds(post["created_at"])
+        result.posts_in[platform] = result.posts_in.get(platform, 0) + 1
+        key = key_hash(platform, post["post_id"])
+        watermark = self.watermark
+        if watermark is not None and t < watermark - self.dedup_ttl:
+            # Older than the dedup horizon: we could no longer tell it from a
+            # duplicate, and every window it belongs to closed long ago.
+            self._count_late(post, t, result)
+            return
+        if not self.dedup.add(key, t):
+            result.duplicates[platform] = result.duplicates.get(platform, 0) + 1
+            return
+        self._new_keys.append([key, t])
+        result.unique_posts.append(post)
+        if self.idle:
+            self.idle = False
+            result.watermark_changed = True
+        late_everywhere = watermark is not None and self._count_late(post, t, result) == len(self.specs)
+        if not late_everywhere:
+            self._fold(post, t)
+        if self.max_event is None or t > self.max_event:
+            self.max_event = t
+            candidate = t - self.grace
+            if watermark is None or candidate > watermark:
+                self._advance(candidate, result)
+
+    def _count_late(self, post: dict, t: int, result: Stage1Result) -> int:
+        """Count the post as late for each closed window it belongs to; returns how many specs were fully closed."""
+        watermark = self.watermark
+        fully_closed = 0
+        for size, hop in self.specs:
+            starts = window_starts(t, size, hop)
+            closed = [s for s in starts if s + size <= watermark]
+            if not closed:
+                continue
+            if len(closed) == len(starts):
+                fully_closed += 1
+            for start in closed:
+                for tag in post["hashtags"]:
+                    k = (tag, post["platform"], size, start)
+                    result.late[k] = result.late.get(k, 0) + 1
+        return fully_closed
+
+    def _fold(self, post: dict, t: int) -> None:
+        ps = t - t % self.width
+        pane = self.panes.get(ps)
+        if pane is None:
+            pane = self.panes[ps] = {}
+        platform = post["platform"]
+        author = post["author_id"]
+        followers = post["author_followers"]
+        is_share = post["is_share"]
+        engagement = post_engagement(post)
+        dirty = self._dirty
+        for tag in post["hashtags"]:
+            reach = pane.get((tag, platform))
+            if reach is None:
+                reach = pane[(tag, platform)] = Reach()
+            reach.add_post(author, followers, is_share, engagement)
+            dirty.add((ps, tag, platform))
+
+    # ------------------------------------------------------------ watermark
+    def advance_idle(self, wall_now: float) -> Stage1Result:
+        """Called by the shell when the partition has been idle and caught up for idle_timeout."""
+        result = Stage1Result()
+        if not self.idle:
+            self.idle = True
+            result.watermark_changed = True
+        if self.watermark is not None:
+            candidate = int(wall_now) - self.grace
+            if candidate > self.watermark:
+                self._advance(candidate, result)
+        return result
+
+    def _advance(self, new_watermark: int, result: Stage1Result) -> None:
+        old = self.watermark
+        self.watermark = new_watermark
+        result.watermark_changed = True
+        if old is not None and new_watermark // self.width == old // self.width:
+            return  # window ends are multiples of the pane width: nothing can close
+        self._close(old, new_watermark, result)
+        self._evict(new_watermark)
+        horizon = new_watermark - self.dedup_ttl
+        if self._expired_to is None or horizon >= self._expired_to + DEDUP_EXPIRY_STEP:
+            self.dedup.expire(horizon)
+            self._expired_to = horizon
+
+    def _close(self, old: int | None, new: int, result: Stage1Result) -> None:
+        if not self.panes:
+            return
+        pane_starts = sorted(self.panes)
+        for size, hop in self.specs:
+            for start in self._closing_starts(pane_starts, size, hop, old, new):
+                merged: dict[tuple[str, str], Reach] = {}
+                for ps in range(start, start + size, self.width):
+                    pane = self.panes.get(ps)
+                    if not pane:
+                        continue
+                    for key, reach in pane.items():
+                        acc = merged.get(key)
+                        if acc is None:
+                            merged[key] = acc = Reach()
+                        acc.merge(reach)
+                for (tag, platform), reach in merged.items():
+                    result.partials.append([size, start, tag, platform, *reach.to_list()])
+
+    def _closing_starts(self, pane_starts: list[int], size: int, hop: int, old: int | None, new: int) -> list[int]:
+        """Starts of windows ending in (old, new] that hold at least one pane."""
+        first_pane, last_pane = pane_starts[0], pane_starts[-1]
+        lo_end = (old // hop + 1) * hop if old is not None else None
+        hi_end = (new // hop) * hop
+        starts: set[int] = set()
+        if lo_end is not None and (hi_end - lo_end) // hop + 1 <= len(pane_starts):
+            for end in range(lo_end, hi_end + 1, hop):
+                start = end - size
+                if start <= last_pane and end > first_pane:
+                    starts.add(start)
+        else:
+            # A long jump (idle advance of a replay): walk the panes instead of the clock.
+            for ps in pane_starts:
+                for start in window_starts(ps, size, hop):
+                    end = start + size
+                    if end <= new and (old is None or end > old):
+                        starts.add(start)
+        return sorted(starts)
+
+    def _evict(self, watermark: int) -> None:
+        specs = self.specs
+        for ps in [ps for ps in self.panes if all((ps // hop) * hop + size <= watermark for size, hop in specs)]:
+            del self.panes[ps]
+            self._evicted.append(ps)
+
+    # ------------------------------------------------------------ changelog
+    def delta(self) -> bytes:
+        """Changes since the previous delta(), for the changelog; resets the tracking."""
+        panes = [[ps, tag, platform, self.panes[ps][(tag, platform)].to_list()]
+                 for ps, tag, platform in self._dirty if ps in self.panes]
+        body = {
+            "o": self.offset,
+            "me": self.max_event,
+            "wm": self.watermark,
+            "idle": self.idle,
+            "d": self._new_keys,
+            "p": panes,
+            "x": self._evicted,
+            "e": self._expired_to,
+        }
+        self._new_keys, self._dirty, self._evicted = [], set(), []
+        return orjson.dumps(body)
+
+    def apply_delta(self, raw: bytes) -> None:
+        body = orjson.loads(raw)
+        self.offset = body["o"]
+        self.max_event = body["me"]
+        self.watermark = body["wm"]
+        self.idle = body["idle"]
+        for key, t in body["d"]:
+            self.dedup.add(key, t)
+        for ps, tag, platform, data in body["p"]:
+            self.panes.setdefault(ps, {})[(tag, platform)] = Reach.from_list(data)
+        for ps in body["x"]:
+            self.panes.pop(ps, None)
+        if body["e"] is not None:
+            self.dedup.expire(body["e"])
+            self._expired_to = body["e"]
+
+
+def _default_decode():
+    from tagpulse.core.decode import decode_record
+    return decode_record
+
+
+def _dead_letter(raw, reason: str, where: str) -> dict:
+    if isinstance(raw, (bytes, bytearray)):
+        size = len(raw)
+        text = bytes(raw[:65536]).decode("utf-8", "replace")
+    else:
+        text_full = orjson.dumps(raw, option=orjson.OPT_NON_STR_KEYS).decode() if not isinstance(raw, str) else raw
+        size = len(text_full)
+        text = text_full[:65536]
+    return {"stage": "worker", "reason": reason, "raw": text, "raw_bytes": size, "source": where}

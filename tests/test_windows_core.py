@@ -1,0 +1,228 @@
+"""Pure window / dedup / reach logic, without Kafka: stage 1 + stage 2 against the oracle."""
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+
+from streams.partition_tasks import pack_json_arrays, tag_partition
+from tagpulse.core.dedup import DedupIndex, key_hash
+from tagpulse.core.stage1 import DedupWindowState, RecordError, epoch_seconds
+from tagpulse.core.stage2 import MergeState
+from tagpulse.core.windows import Reach, oracle_windows, pane_width, row_key, window_starts
+
+SPECS = ((60, 60), (3600, 300), (86400, 3600))
+T0 = 1432080000  # 2015-05-20T00:00:00Z
+
+
+def iso(t: int) -> str:
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_post(i: int, t: int, tags, author: int, followers: int, platform="twitter", share=False) -> dict:
+    return {
+        "platform": platform, "post_id": f"p{i}", "author_id": f"a{author}", "author_handle": f"h{author}",
+        "author_followers": followers, "created_at": iso(t), "lang": "de", "text": "x", "hashtags": list(tags),
+        "is_share": share, "original_post_id": "p0" if share else None,
+        "likes": 0 if share else i % 3, "shares": 0, "replies": 0 if share else i % 2, "quotes": 0,
+    }
+
+
+def passthrough(item):
+    if not isinstance(item, dict) or "post_id" not in item:
+        raise RecordError("not_a_post")
+    return [item]
+
+
+def test_window_starts_cover_exactly_the_windows_containing_t():
+    for t in [0, 59, 60, 299, 300, 3599, 86399, T0 + 123, -1, -61]:
+        for size, hop in SPECS:
+            starts = list(window_starts(t, size, hop))
+            assert len(starts) == size // hop
+            assert all(s % hop == 0 and s <= t < s + size for s in starts)
+
+
+def test_pane_width_is_gcd():
+    assert pane_width(SPECS) == 60
+    assert pane_width(((90, 30), (120, 120))) == 30
+
+
+def test_reach_counts_authors_once_with_their_largest_follower_count():
+    r = Reach()
+    r.add_post("a", 10, False, 1)
+    r.add_post("a", 30, True, 0)
+    r.add_post("b", 5, False, 2)
+    row = r.row("t", "x", 60, 0)
+    assert row["posts"] == 3 and row["shares"] == 1 and row["originals"] == 2
+    assert row["unique_authors"] == 2 and row["potential_reach"] == 35
+    assert row["impressions"] == 45 and row["engagement"] == 3
+
+
+def test_dedup_index_and_expiry():
+    d = DedupIndex()
+    k = key_hash("twitter", "1")
+    assert d.add(k, 100) and not d.add(k, 200)
+    assert key_hash("twitter", "1") == k != key_hash("mastodon", "1")
+    assert d.expire(101) == 1 and len(d) == 0
+
+
+def synthetic_stream(n=3000, seed=1, dup_rate=0.05, disorder=8):
+    rng = random.Random(seed)
+    tags = ["einbuchfuerkai", "buchtipp", "lesen", "kafka", "montag"]
+    posts = []
+    t = T0
+    for i in range(n):
+        t += rng.randint(0, 90)
+        k = rng.randint(1, 3)
+        chosen = rng.sample(tags, k)
+        author = rng.randint(1, 400)
+        posts.append(make_post(i, t, chosen, author, rng.randint(0, 50000) + author,
+                               platform=rng.choice(["twitter", "facebook"]), share=rng.random() < 0.3))
+    arrivals = [(epoch_seconds(p["created_at"]) + rng.uniform(0, disorder), p) for p in posts]
+    arrivals += [(epoch_seconds(p["created_at"]) + rng.uniform(0, disorder), p)
+                 for p in posts if rng.random() < dup_rate]
+    arrivals.sort(key=lambda a: a[0])
+    return posts, [p for _, p in arrivals]
+
+
+def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None):
+    """Route like the producer, run stage 1 per partition, then stage 2, with optional restarts from the changelog."""
+    by_partition = {p: [] for p in range(partitions)}
+    from aiokafka.partitioner import murmur2
+    for post in arrivals:
+        key = f"{post['platform']}:{post['post_id']}".encode()
+        by_partition[(murmur2(key) & 0x7FFFFFFF) % partitions].append(post)
+    s1 = {p: DedupWindowState(p, SPECS, 10, 7 * 86400, decode=passthrough) for p in range(partitions)}
+    logs1 = {p: [] for p in range(partitions)}
+    s2 = {q: MergeState(q, partitions) for q in range(partitions)}
+    logs2 = {q: [] for q in range(partitions)}
+    partial_topic = {q: [] for q in range(partitions)}
+    rows, late, uniques = [], [], []
+
+    def stage1_batch(p, records):
+        state = s1[p]
+        wm_before = state.watermark
+        res = state.process(records)
+        uniques.extend(res.unique_posts)
+        late.extend(res.late_rows())
+        targets = {q: [] for q in range(partitions)}
+        for partial in res.partials:
+            targets[tag_partition(partial[2], partitions)].append(partial)
+        for q, part_rows in targets.items():
+            partial_topic[q].append(orjson.dumps({"src": p, "wm": state.watermark, "idle": state.idle,
+                                                  "rows": part_rows}))
+        logs1[p].append(state.delta())
+        del wm_before
+
+    offsets = {p: 0 for p in range(partitions)}
+    n_batches = 0
+    for p in range(partitions):
+        msgs = [orjson.dumps(chunk) for chunk in [by_partition[p][i:i + 5] for i in range(0, len(by_partition[p]), 5)]]
+        for i in range(0, len(msgs), batch):
+            records = [(offsets[p] + j, m) for j, m in enumerate(msgs[i:i + batch])]
+            offsets[p] += len(records)
+            stage1_batch(p, records)
+            n_batches += 1
+            if restart_every and n_batches % restart_every == 0:
+                fresh = DedupWindowState(p, SPECS, 10, 7 * 86400, decode=passthrough)
+                for d in logs1[p]:
+                    fresh.apply_delta(d)
+                assert fresh.offset == s1[p].offset and fresh.watermark == s1[p].watermark
+                assert len(fresh.dedup) == len(s1[p].dedup)
+                s1[p] = fresh
+    for p in range(partitions):
+        res = s1[p].advance_idle(2_000_000_000)
+        targets = {q: [] for q in range(partitions)}
+        for partial in res.partials:
+            targets[tag_partition(partial[2], partitions)].append(partial)
+        for q, part_rows in targets.items():
+            partial_topic[q].append(orjson.dumps({"src": p, "wm": s1[p].watermark, "idle": True, "rows": part_rows}))
+    for q in range(partitions):
+        records = list(enumerate(partial_topic[q]))
+        for i in range(0, len(records), 7):
+            res = s2[q].process(records[i:i + 7])
+            rows.extend(res.rows)
+            late.extend(res.late_rows())
+            logs2[q].append(s2[q].delta())
+            if restart_every and (i // 7) % 3 == 2:
+                fresh = MergeState(q, partitions)
+                for d in logs2[q]:
+                    fresh.apply_delta(d)
+                assert fresh.pending.keys() == s2[q].pending.keys()
+                s2[q] = fresh
+    return sorted(rows, key=row_key), late, uniques
+
+
+def test_streaming_equals_oracle_with_duplicates_and_disorder():
+    posts, arrivals = synthetic_stream()
+    rows, late, uniques = run_pipeline(arrivals)
+    assert late == []
+    assert len(uniques) == len(posts)
+    expected = oracle_windows(((epoch_seconds(p["created_at"]), p) for p in posts), SPECS)
+    assert len(rows) == len(expected)
+    assert rows == expected
+
+
+def test_streaming_equals_oracle_across_restarts_from_changelog():
+    posts, arrivals = synthetic_stream(seed=7)
+    rows, late, _ = run_pipeline(arrivals, restart_every=2)
+    expected = oracle_windows(((epoch_seconds(p["created_at"]), p) for p in posts), SPECS)
+    assert rows == expected and late == []
+
+
+def test_late_post_is_counted_and_not_folded_into_closed_windows():
+    state = DedupWindowState(0, SPECS, 10, 7 * 86400, decode=passthrough)
+    on_time = make_post(1, T0 + 30, ["a"], 1, 100)
+    far_ahead = make_post(2, T0 + 200, ["a"], 2, 100)
+    late_post = make_post(3, T0 + 40, ["a"], 3, 100)
+    res = state.process([(0, orjson.dumps([on_time, far_ahead])), (1, orjson.dumps(late_post))])
+    # The 1-minute window [T0, T0+60) closed when the watermark reached T0+190.
+    one_minute = [p for p in res.partials if p[0] == 60 and p[1] == T0]
+    assert one_minute and one_minute[0][4] == 1
+    assert res.late == {("a", "twitter", 60, T0): 1}
+    # The post still counts in the open 1 h and 24 h windows.
+    res = state.advance_idle(2_000_000_000)
+    hour = [p for p in res.partials if p[0] == 3600 and p[1] == T0 - 3600 + 300 * 12]
+    assert hour and hour[0][4] == 3
+
+
+def test_bad_records_become_dead_letters_and_do_not_stop_the_batch():
+    state = DedupWindowState(0, SPECS, 10, 7 * 86400, decode=passthrough)
+    good = make_post(1, T0, ["a"], 1, 5)
+    res = state.process([(0, b"{truncated"), (1, orjson.dumps([{"x": 1}, good])), (2, b"\xff\xfe")])
+    assert [d["reason"].split(":")[0] for d in res.dead_letters] == ["invalid_json", "not_a_post", "invalid_json"]
+    assert res.unique_posts == [good]
+
+
+def test_merge_waits_for_every_upstream_partition_and_ignores_idle_empty_ones():
+    m = MergeState(0, upstream_partitions=3)
+    partial = [60, T0, "a", "twitter", 2, 0, 10, 0, {"x": 5}]
+    res = m.process([(0, orjson.dumps({"src": 0, "wm": T0 + 100, "idle": False, "rows": [partial]}))])
+    assert res.rows == []
+    res = m.process([(1, orjson.dumps({"src": 1, "wm": None, "idle": True, "rows": []}))])
+    assert res.rows == []  # partition 2 has not reported yet
+    partial2 = [60, T0, "a", "twitter", 1, 1, 7, 0, {"x": 9, "y": 1}]
+    res = m.process([(2, orjson.dumps({"src": 2, "wm": T0 + 60, "idle": False, "rows": [partial2]}))])
+    assert len(res.rows) == 1
+    row = res.rows[0]
+    assert row["posts"] == 3 and row["unique_authors"] == 2 and row["potential_reach"] == 10
+    # A straggler partial for a final window is late, never a second row.
+    res = m.process([(3, orjson.dumps({"src": 1, "wm": T0 + 70, "idle": False, "rows": [partial]}))])
+    assert res.rows == [] and res.late == {("a", "twitter", 60, T0): 2}
+
+
+def test_pack_json_arrays_respects_the_size_limit():
+    rows = [{"i": i, "pad": "x" * 100} for i in range(1000)]
+    msgs = pack_json_arrays(rows, max_bytes=10_000)
+    assert all(len(m) <= 10_000 for m in msgs)
+    assert [r for m in msgs for r in orjson.loads(m)] == rows
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_oracle_property_random_specs(seed):
+    posts, arrivals = synthetic_stream(n=800, seed=seed)
+    rows, late, _ = run_pipeline(arrivals, partitions=2, batch=5)
+    expected = oracle_windows(((epoch_seconds(p["created_at"]), p) for p in posts), SPECS)
+    assert rows == expected
