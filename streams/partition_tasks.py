@@ -22,7 +22,8 @@ from typing import Callable, Iterable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import (ConcurrentTransactions, CoordinatorLoadInProgressError, CoordinatorNotAvailableError,
+                             KafkaConnectionError, KafkaError, NotCoordinatorError, ProducerFenced, RequestTimedOutError)
 from aiokafka.partitioner import murmur2
 
 log = logging.getLogger("tagpulse.streams")
@@ -31,6 +32,11 @@ log = logging.getLogger("tagpulse.streams")
 MAX_MESSAGE_BYTES = 900_000
 # Transient broker trouble (restart, leader move) is retried for this long before the worker gives up.
 COMMIT_RETRY_SECONDS = 300.0
+
+
+# Errors that say "try again later" even where aiokafka does not flag them retriable.
+RETRIABLE_TXN_ERRORS = (ConcurrentTransactions, CoordinatorLoadInProgressError, CoordinatorNotAvailableError,
+                        KafkaConnectionError, NotCoordinatorError, RequestTimedOutError)
 
 
 class PartitionLost(Exception):
@@ -110,7 +116,8 @@ class PartitionTask:
             except ProducerFenced as exc:
                 raise PartitionLost(f"{self.stage} partition {self.partition}: fenced by a newer owner") from exc
             except KafkaError as exc:
-                if time.monotonic() > deadline:
+                if not getattr(exc, "retriable", False) and not isinstance(exc, RETRIABLE_TXN_ERRORS) \
+                        or time.monotonic() > deadline:
                     raise
                 log.warning("%s partition %d: transaction failed (%r); retrying in %.1fs",
                             self.stage, self.partition, exc, backoff)
@@ -124,7 +131,8 @@ class PartitionTask:
         futures = []
         for topic, partition, value in outputs:
             futures.append(await producer.send(topic, value, partition=partition))
-        futures.append(await producer.send(self.changelog_topic, delta, partition=self.partition))
+        for fragment in fragment_delta(delta):
+            futures.append(await producer.send(self.changelog_topic, fragment, partition=self.partition))
         if next_offset is not None:
             await producer.send_offsets_to_transaction(
                 {TopicPartition(self.source_topic, self.partition): next_offset}, self.group_id)
@@ -144,6 +152,21 @@ class PartitionTask:
             log.debug("producer stop failed: %r", exc)
 
 
+FRAGMENT_MARK = b"\x00frag"
+
+
+def fragment_delta(delta: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> list[bytes]:
+    """Split a large changelog delta into records; the last record is the tail of the delta.
+
+    Fragments are written in one transaction to one partition by its only
+    writer, so they are consecutive and complete (or absent) when read back.
+    """
+    if len(delta) <= max_bytes:
+        return [delta]
+    pieces = [delta[i:i + max_bytes] for i in range(0, len(delta), max_bytes)]
+    return [FRAGMENT_MARK + piece for piece in pieces[:-1]] + [pieces[-1]]
+
+
 async def restore_changelog(bootstrap: str, topic: str, partition: int, apply: Callable[[bytes], None]) -> int:
     """Apply every committed changelog record of one partition, oldest first."""
     tp = TopicPartition(topic, partition)
@@ -157,6 +180,7 @@ async def restore_changelog(bootstrap: str, topic: str, partition: int, apply: C
     )
     await consumer.start()
     applied = 0
+    pending: list[bytes] = []
     try:
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
@@ -164,7 +188,14 @@ async def restore_changelog(bootstrap: str, topic: str, partition: int, apply: C
         while await consumer.position(tp) < end:
             batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
             for record in batch.get(tp, []):
-                apply(record.value)
+                value = record.value
+                if value.startswith(FRAGMENT_MARK):
+                    pending.append(value[len(FRAGMENT_MARK):])
+                    continue
+                if pending:
+                    value = b"".join(pending) + value
+                    pending.clear()
+                apply(value)
                 applied += 1
     finally:
         await consumer.stop()
