@@ -15,6 +15,7 @@ Semantics (docs/streaming.md):
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -68,6 +69,8 @@ class DedupWindowState:
         self.specs = tuple(specs)
         self.width = pane_width(self.specs)
         self.max_size = max(size for size, _ in self.specs)
+        self.min_hop = min(hop for _, hop in self.specs)
+        self.block_hops = sorted({hop for _, hop in self.specs if hop != self.width})
         self.grace = grace
         self.dedup_ttl = dedup_ttl
         self._decode = decode or _default_decode()
@@ -78,6 +81,10 @@ class DedupWindowState:
         self.idle = False
         self.dedup = DedupIndex()
         self.panes: dict[int, dict[tuple[str, str], Reach]] = {}
+        self._pane_heap: list[int] = []  # pane starts, for eviction oldest first
+        # hop -> block start -> panes of [start, start + hop) merged; windows are
+        # assembled from these so a 24 h window costs 24 merges, not 1440
+        self._blocks: dict[int, dict[int, dict[tuple[str, str], Reach]]] = {h: {} for h in self.block_hops}
         # changes since the last delta()
         self._new_keys: list[list[int]] = []
         self._dirty: set[tuple[int, str, str]] = set()
@@ -132,8 +139,9 @@ class DedupWindowState:
         if self.idle:
             self.idle = False
             result.watermark_changed = True
-        late_everywhere = watermark is not None and self._count_late(post, t, result) == len(self.specs)
-        if not late_everywhere:
+        # The earliest window containing t ends at the next boundary of the smallest hop.
+        if watermark is None or (t // self.min_hop + 1) * self.min_hop > watermark \
+                or self._count_late(post, t, result) < len(self.specs):
             self._fold(post, t)
         if self.max_event is None or t > self.max_event:
             self.max_event = t
@@ -163,6 +171,10 @@ class DedupWindowState:
         pane = self.panes.get(ps)
         if pane is None:
             pane = self.panes[ps] = {}
+            heapq.heappush(self._pane_heap, ps)
+        for hop, blocks in self._blocks.items():
+            if blocks:
+                blocks.pop(ps - ps % hop, None)  # a late post changes a block built earlier
         platform = post["platform"]
         author = post["author_id"]
         followers = post["author_followers"]
@@ -205,21 +217,42 @@ class DedupWindowState:
     def _close(self, old: int | None, new: int, result: Stage1Result) -> None:
         if not self.panes:
             return
-        pane_starts = sorted(self.panes)
+        pane_starts = None
         for size, hop in self.specs:
+            if old is not None and new // hop == old // hop:
+                continue  # window ends are multiples of the hop: none of this spec ended
+            if pane_starts is None:
+                pane_starts = sorted(self.panes)
             for start in self._closing_starts(pane_starts, size, hop, old, new):
                 merged: dict[tuple[str, str], Reach] = {}
-                for ps in range(start, start + size, self.width):
-                    pane = self.panes.get(ps)
-                    if not pane:
-                        continue
-                    for key, reach in pane.items():
+                for bs in range(start, start + size, hop):
+                    block = self._block(hop, bs)
+                    for key, reach in block.items():
                         acc = merged.get(key)
                         if acc is None:
                             merged[key] = acc = Reach()
                         acc.merge(reach)
                 for (tag, platform), reach in merged.items():
                     result.partials.append([size, start, tag, platform, *reach.to_list()])
+
+    def _block(self, hop: int, start: int) -> dict[tuple[str, str], Reach]:
+        if hop == self.width:
+            return self.panes.get(start) or {}
+        blocks = self._blocks[hop]
+        block = blocks.get(start)
+        if block is None:
+            block = {}
+            for ps in range(start, start + hop, self.width):
+                pane = self.panes.get(ps)
+                if not pane:
+                    continue
+                for key, reach in pane.items():
+                    acc = block.get(key)
+                    if acc is None:
+                        block[key] = acc = Reach()
+                    acc.merge(reach)
+            blocks[start] = block
+        return block
 
     def _closing_starts(self, pane_starts: list[int], size: int, hop: int, old: int | None, new: int) -> list[int]:
         """Starts of windows ending in (old, new] that hold at least one pane."""
@@ -242,10 +275,19 @@ class DedupWindowState:
         return sorted(starts)
 
     def _evict(self, watermark: int) -> None:
-        specs = self.specs
-        for ps in [ps for ps in self.panes if all((ps // hop) * hop + size <= watermark for size, hop in specs)]:
-            del self.panes[ps]
-            self._evicted.append(ps)
+        # A pane is needed while some window containing it is open; the oldest
+        # open window of spec (size, hop) starts at ((W - size) // hop + 1) * hop.
+        bound = min(((watermark - size) // hop + 1) * hop for size, hop in self.specs)
+        heap = self._pane_heap
+        while heap and heap[0] < bound:
+            ps = heapq.heappop(heap)
+            if self.panes.pop(ps, None) is not None:
+                self._evicted.append(ps)
+        for hop, blocks in self._blocks.items():
+            if blocks:
+                oldest_open = min(((watermark - size) // h + 1) * h for size, h in self.specs if h == hop)
+                for bs in [bs for bs in blocks if bs < oldest_open]:
+                    del blocks[bs]
 
     # ------------------------------------------------------------ changelog
     def delta(self) -> bytes:
@@ -274,7 +316,11 @@ class DedupWindowState:
         for key, t in body["d"]:
             self.dedup.add(key, t)
         for ps, tag, platform, data in body["p"]:
-            self.panes.setdefault(ps, {})[(tag, platform)] = Reach.from_list(data)
+            pane = self.panes.get(ps)
+            if pane is None:
+                pane = self.panes[ps] = {}
+                heapq.heappush(self._pane_heap, ps)
+            pane[(tag, platform)] = Reach.from_list(data)
         for ps in body["x"]:
             self.panes.pop(ps, None)
         if body["e"] is not None:
