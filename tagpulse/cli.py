@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "tags": "tagpulse.commands.tags",
     "ingest": "tagpulse.commands.ingest",
     "backtest": "tagpulse.commands.backtest",
+    "faults": "tagpulse.commands.faults",
 }
 
 
