@@ -247,6 +247,17 @@ TABLES: dict[str, TableSpec] = {
         select=("r.stage", "r.reason", "r.raw", "r.raw_bytes", "r.source",
                 "ifNull(toDateTime64(r.at, 3, 'UTC'), now64(3, 'UTC'))"),
     ),
+    "spikes": TableSpec(
+        table="spikes",
+        topic_attr="spikes",
+        count_key=b'"method":',
+        json_type=("Tuple(tag String, platform String, window_size UInt32, window_start Int64, detected_at Int64, "
+                   "observed UInt64, expected Float64, score Float64, method String, reason String)"),
+        columns=("tag", "platform", "window_size", "window_start", "detected_at", "observed", "expected", "score",
+                 "method", "reason"),
+        select=("r.tag", "r.platform", "r.window_size", "toDateTime(r.window_start, 'UTC')",
+                "toDateTime(r.detected_at, 'UTC')", "r.observed", "r.expected", "r.score", "r.method", "r.reason"),
+    ),
 }
 
 INPUT_STRUCTURE = "_partition UInt16, _offset UInt64, body String"

@@ -24,7 +24,7 @@ import orjson
 from streams.partition_tasks import PartitionLost, PartitionTask, pack_json_arrays, tag_partition
 from tagpulse import config
 from tagpulse.core.stage1 import DedupWindowState
-from tagpulse.core.stage2 import MergeState
+from tagpulse.core.merge_spikes import MergeWithSpikes
 
 log = logging.getLogger("tagpulse.streams")
 
@@ -106,7 +106,7 @@ stage1 = Stage(
 )
 stage2 = Stage(
     "merge", topics.partial_windows, topics.stage2_state,
-    lambda p: MergeState(p, upstream_partitions=settings.partitions),
+    lambda p: MergeWithSpikes(p, upstream_partitions=settings.partitions),
 )
 
 
@@ -171,7 +171,7 @@ async def idle_stage1(partition: int, now: float) -> None:
 async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
     task = await stage2.task(partition)
     async with task.lock:
-        state: MergeState = task.state
+        state: MergeWithSpikes = task.state
         offset_before = state.offset
         result = state.process(records)
         if state.offset == offset_before:
@@ -181,6 +181,7 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
             row["closed_at"] = now
         outputs = [(topics.windows, partition, v) for v in pack_json_arrays(result.rows)]
         outputs += [(topics.late, partition, v) for v in pack_json_arrays(result.late_rows())]
+        outputs += [(topics.spikes, partition, v) for v in pack_json_arrays([s.row() for s in result.spikes])]
         await task.commit(outputs, state.delta(), state.offset + 1)
         task.last_activity = time.monotonic()
     metrics_stage2(partition, result, state)

@@ -226,3 +226,27 @@ def test_oracle_property_random_specs(seed):
     rows, late, _ = run_pipeline(arrivals, partitions=2, batch=5)
     expected = oracle_windows(((epoch_seconds(p["created_at"]), p) for p in posts), SPECS)
     assert rows == expected
+
+
+def test_merge_with_spikes_restores_detector_state_from_its_delta():
+    from tagpulse.core.merge_spikes import MergeWithSpikes
+
+    def feed(state, offset, start, posts, authors):
+        partial = [3600, start, "viral", "twitter", posts, 0, posts * 10, 0, {f"a{i}": 10 for i in range(authors)}]
+        msg = {"src": 0, "wm": start + 3600, "idle": False, "rows": [partial]}
+        return state.process([(offset, orjson.dumps(msg))])
+
+    live = MergeWithSpikes(0, upstream_partitions=1)
+    log = []
+    spikes = []
+    for i in range(400):
+        posts = 30 if i < 380 else 3000
+        res = feed(live, i, T0 + i * 300, posts, min(posts, 25) if i < 380 else 900)
+        spikes += res.spikes
+        log.append(live.delta())
+    assert spikes, "a 100x burst after a long flat baseline must fire"
+    restored = MergeWithSpikes(0, upstream_partitions=1)
+    for d in log:
+        restored.apply_delta(d)
+    assert restored.detector.to_dict() == live.detector.to_dict()
+    assert restored.offset == live.offset and restored.final_until == live.final_until

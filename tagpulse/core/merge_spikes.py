@@ -1,0 +1,54 @@
+"""Stage 2 with the spike detector: final windows feed the detector as they close (pure).
+
+The merge stage finalises each (tag, platform, window) exactly once and in
+window order per key, which is what the detector needs; its baselines are
+part of the partition's state and travel in the same changelog delta, so a
+restart neither forgets a baseline nor scores a window twice.
+"""
+from __future__ import annotations
+
+import struct
+
+import orjson
+
+from tagpulse.core.spikes import SpikeConfig, SpikeDetector
+from tagpulse.core.stage2 import MergeState, Stage2Result
+
+_LEN = struct.Struct(">I")
+
+
+class MergeWithSpikes(MergeState):
+    def __init__(self, partition: int, upstream_partitions: int, spike_config: SpikeConfig | None = None):
+        super().__init__(partition, upstream_partitions)
+        self.detector = SpikeDetector(spike_config or SpikeConfig())
+        self._touched: set[tuple[str, str, int]] = set()
+
+    def process(self, records) -> Stage2Result:
+        result = super().process(records)
+        spikes = []
+        detector = self.detector
+        for row in result.rows:
+            spike = detector.observe(row)
+            self._touched.add((row["tag"], row["platform"], row["window_size"]))
+            if spike is not None:
+                spikes.append(spike)
+        result.spikes = spikes
+        return result
+
+    def delta(self) -> bytes:
+        merge = super().delta()
+        detector = self.detector
+        keys = [[tag, platform, size, detector.key_state(tag, platform, size)]
+                for tag, platform, size in self._touched]
+        self._touched = set()
+        spikes = orjson.dumps({"started": detector.started, "keys": keys})
+        # Length-prefixed, so the merge delta's own encoding is opaque here.
+        return _LEN.pack(len(merge)) + merge + spikes
+
+    def apply_delta(self, raw: bytes) -> None:
+        (length,) = _LEN.unpack_from(raw)
+        super().apply_delta(raw[4:4 + length])
+        body = orjson.loads(raw[4 + length:])
+        self.detector.started = body["started"]
+        for tag, platform, size, state in body["keys"]:
+            self.detector.set_key_state(tag, platform, size, state)
