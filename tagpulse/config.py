@@ -167,7 +167,7 @@ def load() -> Settings:
         clickhouse_url=_env("TAGPULSE_CLICKHOUSE", f"chdb://{home / 'clickhouse'}"),
         sink_sql_port=_env_int("TAGPULSE_SQL_PORT", 8124),
         worker_metrics_port=_env_int("TAGPULSE_WORKER_METRICS_PORT", 9464),
-        sink_metrics_port=_env_int("TAGPULSE_SINK_METRICS_PORT", 9465),
+        sink_metrics_port=_env_int("TAGPULSE_SINK_METRICS_PORT", 9470),
         prometheus_port=_env_int("TAGPULSE_PROMETHEUS_PORT", 9090),
         alertmanager_port=_env_int("TAGPULSE_ALERTMANAGER_PORT", 9193),
         windows=parse_window_specs(_env("TAGPULSE_WINDOWS", "1m,1h/5m,24h/1h")),
