@@ -55,8 +55,8 @@ def run(args) -> int:
     if args.window:
         try:
             specs = parse_window_specs(args.window)
-        except SystemExit as exc:
-            print(exc, file=sys.stderr)
+        except (SystemExit, ValueError):
+            print(f"tagpulse backtest: --window {args.window!r} is not SIZE/HOP (e.g. 1h/5m, 1m)", file=sys.stderr)
             return 2
         if len(specs) != 1:
             print("tagpulse backtest: --window takes one SIZE/HOP", file=sys.stderr)
