@@ -104,6 +104,10 @@ class Topics:
         return self._name("spikes")
 
     @property
+    def completeness(self) -> str:
+        return self._name("completeness")
+
+    @property
     def stage1_state(self) -> str:
         return self._name("state.dedup-window")
 
@@ -113,7 +117,7 @@ class Topics:
 
     def all_pipeline_topics(self) -> list[str]:
         return [self.raw, self.dead_letters, self.unique_posts, self.partial_windows, self.windows,
-                self.late, self.spikes, self.stage1_state, self.stage2_state]
+                self.late, self.spikes, self.completeness, self.stage1_state, self.stage2_state]
 
 
 @dataclass(frozen=True)
