@@ -116,6 +116,8 @@ def stage1_outputs(task: PartitionTask, result, wm_before, idle_before) -> list[
     out = [(topics.unique_posts, p, v) for v in pack_json_arrays(result.unique_posts)]
     out += [(topics.late, p, v) for v in pack_json_arrays(result.late_rows())]
     out += _dead_letter_outputs(result.dead_letters, p)
+    now = int(time.time())
+    out += [(topics.completeness, p, v) for v in pack_json_arrays(result.completeness_rows(now - now % 60))]
     if result.partials or result.watermark_changed or task.transactions == 0:
         by_target: dict[int, list] = {q: [] for q in range(settings.partitions)}
         for partial in result.partials:

@@ -117,7 +117,7 @@ async def _progress(settings) -> tuple:
     await consumer.start()
     try:
         names = [topics.raw, topics.partial_windows, topics.unique_posts, topics.windows, topics.late,
-                 topics.dead_letters, topics.spikes]
+                 topics.dead_letters, topics.spikes, topics.completeness]
         tps = []
         for name in names:
             parts = consumer.partitions_for_topic(name)

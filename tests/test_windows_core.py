@@ -250,3 +250,16 @@ def test_merge_with_spikes_restores_detector_state_from_its_delta():
         restored.apply_delta(d)
     assert restored.detector.to_dict() == live.detector.to_dict()
     assert restored.offset == live.offset and restored.final_until == live.final_until
+
+
+def test_completeness_counts_received_duplicates_late_and_invalid_per_source():
+    state = DedupWindowState(0, SPECS, 10, 7 * 86400, decode=passthrough)
+    a = make_post(1, T0 + 30, ["x"], 1, 10, platform="mastodon")
+    b = make_post(2, T0 + 300, ["x"], 2, 10, platform="mastodon")
+    late = make_post(3, T0 + 40, ["x"], 3, 10, platform="mastodon")
+    res = state.process([(0, orjson.dumps([a, b, a, late])), (1, b"not json")])
+    rows = {(r["platform"], r["window_start"]): r for r in res.completeness_rows(invalid_window_start=123)}
+    first = rows[("mastodon", T0)]
+    assert (first["received"], first["duplicates"], first["late"]) == (3, 1, 1)
+    assert rows[("mastodon", T0 + 300)]["received"] == 1
+    assert rows[("unknown", 123)]["invalid"] == 1

@@ -52,6 +52,24 @@ class Stage1Result:
     duplicates: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
     watermark_changed: bool = False
+    # (platform, 1-minute window of event time) -> [received, duplicates, late]
+    completeness: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+
+    def _source(self, platform: str, t: int) -> list[int]:
+        key = (platform, t - t % 60)
+        counts = self.completeness.get(key)
+        if counts is None:
+            counts = self.completeness[key] = [0, 0, 0]
+        return counts
+
+    def completeness_rows(self, invalid_window_start: int) -> list[dict]:
+        """Per-source counts; invalid records have no platform and are counted at processing time."""
+        rows = [{"platform": platform, "window_start": start, "received": c[0], "duplicates": c[1], "late": c[2],
+                 "invalid": 0} for (platform, start), c in self.completeness.items()]
+        if self.dead_letters:
+            rows.append({"platform": "unknown", "window_start": invalid_window_start, "received": 0,
+                         "duplicates": 0, "late": 0, "invalid": len(self.dead_letters)})
+        return rows
 
     def late_rows(self) -> list[dict]:
         return [
@@ -124,15 +142,19 @@ class DedupWindowState:
         platform = post["platform"]
         t = epoch_seconds(post["created_at"])
         result.posts_in[platform] = result.posts_in.get(platform, 0) + 1
+        source = result._source(platform, t)
+        source[0] += 1
         key = key_hash(platform, post["post_id"])
         watermark = self.watermark
         if watermark is not None and t < watermark - self.dedup_ttl:
             # Older than the dedup horizon: we could no longer tell it from a
             # duplicate, and every window it belongs to closed long ago.
             self._count_late(post, t, result)
+            source[2] += 1
             return
         if not self.dedup.add(key, t):
             result.duplicates[platform] = result.duplicates.get(platform, 0) + 1
+            source[1] += 1
             return
         self._new_keys.append([key, t])
         result.unique_posts.append(post)
@@ -140,9 +162,12 @@ class DedupWindowState:
             self.idle = False
             result.watermark_changed = True
         # The earliest window containing t ends at the next boundary of the smallest hop.
-        if watermark is None or (t // self.min_hop + 1) * self.min_hop > watermark \
-                or self._count_late(post, t, result) < len(self.specs):
+        if watermark is None or (t // self.min_hop + 1) * self.min_hop > watermark:
             self._fold(post, t)
+        else:
+            source[2] += 1  # late for at least its earliest window
+            if self._count_late(post, t, result) < len(self.specs):
+                self._fold(post, t)
         if self.max_event is None or t > self.max_event:
             self.max_event = t
             candidate = t - self.grace
