@@ -17,6 +17,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from tagpulse.kafka_security import client_kwargs
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -111,8 +113,9 @@ class Pipeline:
 async def _progress(settings) -> tuple:
     """(raw backlog, snapshot of all offsets) for the stream and sink groups."""
     topics = settings.topics
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
+    security = client_kwargs()
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **security)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, **security)
     await admin.start()
     await consumer.start()
     try:
