@@ -130,7 +130,7 @@ class MastodonReplay(_Server):
         self.published = 0          # statuses[:published] exist on the server ("now")
         self.drops = 0
         r = self.app.router
-        r.add_get("/api/v1/streaming/health", lambda _: web.Response(text="OK"))
+        r.add_get("/api/v1/streaming/health", self._health)
         r.add_get("/api/v1/streaming/hashtag", self._sse)
         r.add_get("/api/v1/streaming/hashtag/local", self._sse)
         r.add_get("/api/v1/streaming/public", self._sse)
@@ -140,6 +140,9 @@ class MastodonReplay(_Server):
         r.add_get("/api/v1/timelines/public", self._timeline)
 
     # -- helpers
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="OK")
+
     def _authorised(self, request: web.Request) -> bool:
         if self.token is None:
             return True
