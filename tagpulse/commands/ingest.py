@@ -181,6 +181,19 @@ def adapter(fmt: str):
     return parse, InvalidRecord
 
 
+def apply_user_aliases(settings) -> None:
+    """Canonicalise with the user's aliases ($TAGPULSE_HOME/aliases.json), read once at start-up."""
+    path = settings.home / "aliases.json"
+    if not path.exists():
+        return
+    from tagpulse.core.hashtags import AliasTable, set_aliases
+
+    try:
+        set_aliases(AliasTable.load(path))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the alias table {path}: {exc}") from None
+
+
 # --------------------------------------------------------------------------- runners
 async def run_source(client, sink: KafkaRawSink, stop: asyncio.Event | None = None):
     """Start the sink, run the client until it stops, close the sink. Shared by the CLI and the tests."""
@@ -200,6 +213,7 @@ def build_mastodon(args, settings, sink):
     if not args.instance.startswith(("http://", "https://")):
         raise UserError(f"--instance {args.instance!r}: expected a URL such as https://mastodon.social")
     token = read_token(args.token_file)
+    apply_user_aliases(settings)
     stream = "public" if args.public or not tag else f"tag-{tag.casefold()}"
     host = args.instance.split("://", 1)[1].rstrip("/").replace("/", "_").replace(":", "_")
     options = MastodonOptions(instance=args.instance, tag=tag, public=args.public, local=args.local, token=token,
@@ -225,6 +239,7 @@ def build_jetstream(args, settings, sink):
                                cursor_file=args.cursor_file or settings.home / "ingest" / "jetstream.cursor",
                                rewind_s=max(0.0, args.rewind), flush_every=args.flush_every,
                                max_posts=args.max_posts)
+    apply_user_aliases(settings)
     parse, invalid = adapter("bluesky-jetstream")
     return JetstreamClient(options, sink, parse, invalid)
 
