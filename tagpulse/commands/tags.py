@@ -179,7 +179,8 @@ def alias_sql(items: dict[str, str], column: str = "hashtags") -> str:
 
 
 def run_alias(args, settings) -> int:
-    from tagpulse.core.hashtags import canonical_tag
+    # The key a name has on its own (no aliases applied), as the alias table stores it.
+    from tagpulse.core.hashtags import canonical_key as canonical_tag
 
     table = load_aliases(settings)
     path = aliases_path(settings)
@@ -210,10 +211,10 @@ def run_alias(args, settings) -> int:
     items = alias_items(table)
     # Keep the table flat (one hop): point at the final target and refuse cycles.
     target = items.get(canonical, canonical)
+    if variant == canonical:
+        raise UserError(f"{args.variant} and {args.canonical} are already the same key ({variant})")
     if target == variant:
         raise UserError(f"{canonical} is itself an alias of {variant}: that would be a cycle")
-    if variant == target:
-        raise UserError(f"{args.variant} and {args.canonical} are already the same key ({variant})")
     table.add(variant, target)
     for other, aim in items.items():
         if aim == variant:
@@ -227,7 +228,7 @@ def run_alias(args, settings) -> int:
 # --------------------------------------------------------------------------- suggest
 def run_suggest(args, settings) -> int:
     from tagpulse.core import variants
-    from tagpulse.core.hashtags import canonical_tag
+    from tagpulse.core.hashtags import canonical_key
 
     if args.top < 1:
         raise UserError("--top must be at least 1")
@@ -236,8 +237,8 @@ def run_suggest(args, settings) -> int:
         known = alias_items(load_aliases(settings))
     except UserError:
         raise
-    # canonical_tag without the user's aliases: a spelling must map to its own key here.
-    canonical = canonical_tag
+    # Without the user's aliases: a spelling must map to its own key here.
+    canonical = canonical_key
     if args.from_file:
         counts, spellings = counts_from_files(args.from_file, since, canonical)
     else:
@@ -258,6 +259,7 @@ def run_suggest(args, settings) -> int:
             print(json.dumps(s.as_dict(), ensure_ascii=False))
     elif found:
         print(variants.format_table(found))
+    if found:
         print(f"{len(found)} suggestions for the {min(args.top, len(counts))} busiest of {len(counts)} tags; "
               "store one with: tagpulse tags alias add VARIANT CANONICAL", file=sys.stderr)
     else:
