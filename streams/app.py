@@ -31,6 +31,18 @@ log = logging.getLogger("tagpulse.streams")
 settings = config.load()
 topics = settings.topics
 
+
+def _load_aliases() -> None:
+    """Tag aliases (`tagpulse tags alias add`) apply to every post validated from now on."""
+    from tagpulse.core import hashtags
+
+    path = settings.home / "aliases.json"
+    if path.exists():
+        hashtags.set_aliases(hashtags.AliasTable.load(path))
+
+
+_load_aliases()
+
 # Messages per agent batch: each message holds up to ~500 posts from our producers.
 TAKE_MESSAGES = int(os.environ.get("TAGPULSE_TAKE_MESSAGES", "200"))
 TAKE_WITHIN_S = float(os.environ.get("TAGPULSE_TAKE_WITHIN", "0.2"))
