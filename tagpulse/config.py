@@ -140,10 +140,13 @@ class Settings:
     dedup_ttl_s: int
     app_id: str
     topics: Topics = field(default_factory=Topics)
+    # Downloaded things (Kafka jars) live outside TAGPULSE_HOME so that a fresh home,
+    # e.g. one per test session, does not fetch them again.
+    cache_root: Path = field(default_factory=lambda: _default_cache_root())
 
     @property
     def cache_dir(self) -> Path:
-        return self.home / "cache"
+        return self.cache_root
 
     @property
     def log_dir(self) -> Path:
@@ -156,6 +159,11 @@ class Settings:
     @property
     def data_dir(self) -> Path:
         return self.home / "data"
+
+
+def _default_cache_root() -> Path:
+    base = _env("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+    return Path(base).expanduser() / "tagpulse"
 
 
 def load() -> Settings:
@@ -180,4 +188,5 @@ def load() -> Settings:
         dedup_ttl_s=parse_duration(_env("TAGPULSE_DEDUP_TTL", "7d")),
         app_id=_env("TAGPULSE_NAMESPACE", "tagpulse"),
         topics=Topics(namespace=_env("TAGPULSE_NAMESPACE", "tagpulse")),
+        cache_root=Path(_env("TAGPULSE_CACHE", str(_default_cache_root()))).expanduser().resolve(),
     )
