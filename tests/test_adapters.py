@@ -49,6 +49,7 @@ def assert_canonical(post: dict) -> None:
     assert tuple(post) == FIELDS
     SCHEMA.validate(post)
     assert validate_post(post) == post  # canonical output is a fixed point
+    assert orjson.loads(orjson.dumps(post)) == post  # and serialisable (no lone surrogates)
 
 
 # --------------------------------------------------------------------------- Mastodon (real data)
@@ -356,6 +357,16 @@ def test_parse_line_reasons(raw, reason):
     with pytest.raises(InvalidRecord) as bad:
         parse_line(raw)
     assert bad.value.reason == reason
+
+
+def test_lone_surrogates_from_stdlib_json_are_invalid():
+    status = json.loads('{"uri": "https://x.example/s/1", "account": {"url": "https://x.example/@a"}, '
+                        '"created_at": "2024-01-01T00:00:00Z", "content": "<p>\\ud800</p>"}')
+    with pytest.raises(InvalidRecord) as bad:
+        parse_record(status)
+    assert bad.value.reason == "invalid_utf8:text"
+    with pytest.raises(InvalidRecord):
+        parse_record(base_post(hashtags=["tag\ud800"]))
 
 
 def test_parse_line_rejects_oversize_records_before_decoding():

@@ -28,7 +28,29 @@ def is_canonical(obj: Any) -> bool:
 
 
 def parse(obj: Any) -> list[dict]:
-    return [validate_post(obj)]
+    return [encodable(validate_post(obj))]
+
+
+_TEXT_FIELDS = ("post_id", "author_id", "author_handle", "lang", "text", "original_post_id")
+
+
+def encodable(post: dict) -> dict:
+    """Reject lone surrogates (legal as JSON escapes, decoded by the stdlib json module, but not
+    UTF-8): they would make every later orjson.dumps of the post fail. ASCII strings cost nothing."""
+    for name in _TEXT_FIELDS:
+        value = post[name]
+        if value is not None and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRecord(f"invalid_utf8:{name}") from None
+    for tag in post["hashtags"]:
+        if not tag.isascii():
+            try:
+                tag.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRecord("invalid_utf8:hashtags") from None
+    return post
 
 
 # --------------------------------------------------------------------------- helpers for adapters
@@ -83,4 +105,4 @@ def clip_text(text: str) -> str:
 
 def finish(**fields: Any) -> dict:
     """Validate an adapter's post (same bounds as canonical input)."""
-    return validate_post(fields)
+    return encodable(validate_post(fields))
