@@ -148,7 +148,10 @@ async def ensure_topics(settings) -> None:
     except ImportError:
         stack_ensure = None
     if stack_ensure is not None:
-        await asyncio.get_running_loop().run_in_executor(None, stack_ensure, settings)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, stack_ensure, settings)
+        except Exception as exc:  # StackError and friends: one line for the user, not a traceback
+            raise ConnectionError(str(exc)) from None
         return
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
@@ -254,6 +257,8 @@ def run(args) -> int:
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format=f"tagpulse ingest {args.source}: %(message)s")
+    # aiokafka logs every failed connection attempt; our own message says it once.
+    logging.getLogger("aiokafka").setLevel(logging.INFO if args.verbose else logging.CRITICAL)
     settings = config.load()
     sink = KafkaRawSink(settings)
     try:
@@ -279,8 +284,8 @@ def run(args) -> int:
         print(f"tagpulse ingest {args.source}: {client.stats.summary()}", file=sys.stderr)
         return 1
     except (OSError, ConnectionError) as exc:
-        print(f"tagpulse ingest {args.source}: cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); "
-              "run: tagpulse stack up", file=sys.stderr)
+        print(f"tagpulse ingest {args.source}: Kafka at {settings.kafka_bootstrap}: {exc}; "
+              "is it running? (tagpulse stack up)", file=sys.stderr)
         return 1
     except Exception as exc:
         from aiokafka.errors import KafkaError
