@@ -35,6 +35,7 @@ DEFAULT_URL = "wss://jetstream2.us-east.bsky.network/subscribe"
 DEFAULT_COLLECTIONS = ("app.bsky.feed.post", "app.bsky.feed.repost")
 POST_COLLECTIONS = frozenset(DEFAULT_COLLECTIONS)
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+RECENT_POSTS = 200_000   # post URI → hashtags remembered for reposts (≈30 MB at most)
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -75,6 +76,32 @@ def resume_cursor(last_time_us: int | None, rewind_s: float) -> int | None:
     if last_time_us is None:
         return None
     return max(0, last_time_us - int(rewind_s * 1_000_000))
+
+
+class RecentTags:
+    """Hashtags of recently seen posts, so a repost (which names only its subject) gets the
+    original's full hashtag list. Bounded LRU; an original we never saw leaves the repost as is."""
+
+    def __init__(self, limit: int = RECENT_POSTS) -> None:
+        from collections import OrderedDict
+
+        self.limit = limit
+        self.tags: "OrderedDict[str, list[str]]" = OrderedDict()
+
+    def remember(self, post: dict) -> None:
+        if post.get("is_share") or not post.get("hashtags"):
+            return
+        self.tags[post["post_id"]] = post["hashtags"]
+        self.tags.move_to_end(post["post_id"])
+        if len(self.tags) > self.limit:
+            self.tags.popitem(last=False)
+
+    def fill(self, post: dict) -> dict:
+        if post.get("is_share") and not post.get("hashtags"):
+            known = self.tags.get(post.get("original_post_id") or "")
+            if known:
+                return dict(post, hashtags=list(known))
+        return post
 
 
 def read_cursor(path: Path) -> int | None:
@@ -136,6 +163,7 @@ class JetstreamClient:
         self._last_flush = time.monotonic()
         self._pending = 0
         self._keys: set[str] = set()
+        self.recent = RecentTags()
         self.done = asyncio.Event()
 
     def next_cursor(self) -> int | None:
@@ -163,7 +191,9 @@ class JetstreamClient:
         posts: list[dict] = []
         if reason == "post":
             try:
-                posts = self.parse(event)
+                posts = [self.recent.fill(p) for p in self.parse(event)]
+                for post in posts:
+                    self.recent.remember(post)
             except self.invalid_error as exc:
                 self.stats.invalid += 1
                 await self.sink.dead_letter(str(exc), text if isinstance(text, str) else text.decode("utf-8", "replace"),

@@ -68,6 +68,21 @@ def test_jetstream_classification_and_cursor_rewind():
     assert resume_cursor(1_000, 3) == 0
 
 
+def test_reposts_get_the_hashtags_of_an_original_seen_before():
+    from producers.jetstream import RecentTags
+
+    recent = RecentTags(limit=2)
+    original = {"post_id": "at://a/app.bsky.feed.post/1", "hashtags": ["ichbinhanna"], "is_share": False}
+    share = {"post_id": "at://b/app.bsky.feed.repost/9", "hashtags": [], "is_share": True,
+             "original_post_id": "at://a/app.bsky.feed.post/1"}
+    assert recent.fill(share)["hashtags"] == []
+    recent.remember(original)
+    assert recent.fill(share)["hashtags"] == ["ichbinhanna"] and share["hashtags"] == []
+    for n in range(2, 4):  # bounded: the oldest original is forgotten
+        recent.remember({**original, "post_id": f"at://a/app.bsky.feed.post/{n}"})
+    assert recent.fill(share)["hashtags"] == []
+
+
 def test_constructed_jetstream_events_follow_the_documented_schema():
     events = rs.build_jetstream_events()
     assert events == rs.build_jetstream_events()  # deterministic
@@ -260,6 +275,9 @@ def test_jetstream_with_drops_resumes_from_cursor_and_loses_nothing(kafka_settin
     server, stats, posts = asyncio.run(scenario())
     got = set(keys(posts))
     assert got == expected, f"missing {len(expected - got)}, foreign {len(got - expected)}"
+    # Reposts carry only their subject; the connector gives them the original's hashtags.
+    shares = [p for p in posts if p["is_share"]]
+    assert shares and all("ichbinhanna" in p["hashtags"] for p in shares)
     assert server.drops >= 2
     cursors = [c["cursor"] for c in server.connections]
     assert cursors[0] is None and all(c is not None for c in cursors[2:])  # live first, then resumed
