@@ -483,9 +483,22 @@ async def _ensure_topics(settings, plan: dict[str, dict[str, str]]) -> list[str]
                 failures.append(f"{name}: error {code} {message or ''}".strip())
         if failures:
             raise StackError("could not create topics: " + "; ".join(failures))
+        await _wait_for_leaders(admin, missing)
         return missing
     finally:
         await admin.close()
+
+
+async def _wait_for_leaders(admin, names: list[str], timeout: float = 15.0) -> None:
+    """Until every partition of the new topics has a leader, so a producer right after us does not
+    start with NotLeaderForPartition retries."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        topics = await admin.describe_topics(names)
+        if all(t.get("error_code", 0) == 0 and t.get("partitions") and
+               all(p.get("leader", -1) >= 0 for p in t["partitions"]) for t in topics):
+            return
+        await asyncio.sleep(0.1)
 
 
 def ensure_topics(settings, topics: dict[str, dict[str, str]] | None = None, attempts: int = 20) -> list[str]:
