@@ -60,17 +60,37 @@ STATE_ENTRIES = _metric(Gauge, "tagpulse_state_entries",
 TRANSACTIONS = _metric(Counter, "tagpulse_transactions_total", "Kafka transactions committed by the worker")
 
 # ----------------------------------------------------------------------------- sink
-# Same names and buckets as sinks/service.py declares today; that module should import these instead.
-SINK_BATCH_ROWS = _metric(Histogram, "tagpulse_sink_batch_rows", "Rows per ClickHouse insert", ["table"],
-                          buckets=(1, 10, 100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000))
-SINK_BATCH_SECONDS = _metric(Histogram, "tagpulse_sink_batch_seconds", "Duration of one successful ClickHouse insert",
-                             ["table"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-SINK_ERRORS = _metric(Counter, "tagpulse_sink_errors_total", "Failed ClickHouse inserts (each is retried)", ["table"])
-SINK_ROWS = _metric(Counter, "tagpulse_sink_rows_total", "Rows written to ClickHouse", ["table"])
-SINK_RETRYING = _metric(Gauge, "tagpulse_sink_retrying",
-                        "1 while the sink backs off after a ClickHouse failure (consuming paused)")
-SINK_LAST_INSERT = _metric(Gauge, "tagpulse_sink_last_insert_timestamp_seconds",
-                           "Wall time of the last successful insert", ["table"])
+# sinks/service.py still declares these itself (same names and buckets); until it imports them from here they
+# are created lazily, on first access (PEP 562), so importing this module first never makes that module's own
+# registration fail with "Duplicated timeseries". Access returns whichever collector is registered.
+_SINK_METRICS = {
+    "SINK_BATCH_ROWS": (Histogram, "tagpulse_sink_batch_rows", "Rows per ClickHouse insert", ["table"],
+                        {"buckets": (1, 10, 100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000)}),
+    "SINK_BATCH_SECONDS": (Histogram, "tagpulse_sink_batch_seconds", "Duration of one successful ClickHouse insert",
+                           ["table"], {"buckets": (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)}),
+    "SINK_ERRORS": (Counter, "tagpulse_sink_errors_total", "Failed ClickHouse inserts (each is retried)", ["table"], {}),
+    "SINK_ROWS": (Counter, "tagpulse_sink_rows_total", "Rows written to ClickHouse", ["table"], {}),
+    "SINK_RETRYING": (Gauge, "tagpulse_sink_retrying",
+                      "1 while the sink backs off after a ClickHouse failure (consuming paused)", [], {}),
+    "SINK_LAST_INSERT": (Gauge, "tagpulse_sink_last_insert_timestamp_seconds",
+                         "Wall time of the last successful insert", ["table"], {}),
+}
+
+
+def __getattr__(name: str):
+    if name in _SINK_METRICS:
+        kind, metric, doc, labels, kwargs = _SINK_METRICS[name]
+        collector = _metric(kind, metric, doc, labels, **kwargs)
+        globals()[name] = collector
+        return collector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def sink_metrics() -> None:
+    """Register the sink's metrics now (a process that serves them before the first insert)."""
+    for name in _SINK_METRICS:
+        __getattr__(name)
+
 
 # ----------------------------------------------------------------------------- domain (bounded tags)
 OTHER_TAG = "_other"

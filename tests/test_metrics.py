@@ -12,6 +12,7 @@ from tagpulse.metrics import OTHER_TAG, TagGauges, TopTags, reason_label
 
 
 def _ours():
+    metrics.sink_metrics()
     return [c for c in REGISTRY._names_to_collectors.values()  # noqa: SLF001
             if getattr(c, "_name", "").startswith("tagpulse_")]
 
