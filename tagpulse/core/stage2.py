@@ -14,10 +14,13 @@ hold windows back (Flink's idleness); one that never reported holds everything.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import orjson
 
 from tagpulse.core.windows import Reach
+
+_window_of = itemgetter(0, 1)
 
 
 @dataclass
@@ -70,13 +73,14 @@ class MergeState:
         self.upstream[message["src"]] = [message["wm"], message["idle"]]
 
     def _merge_partial(self, partial: list) -> None:
-        key = (partial[0], partial[1], partial[2], partial[3])
-        reach = Reach.from_list(partial[4:])
+        """partial comes straight from orjson.loads: its author map is ours to keep, no copy."""
+        size, start, tag, platform, posts, shares, impressions, engagement, authors = partial
+        key = (size, start, tag, platform)
         known = self.pending.get(key)
         if known is None:
-            self.pending[key] = reach
+            self.pending[key] = Reach(posts, shares, impressions, engagement, authors)
         else:
-            known.merge(reach)
+            known.merge(Reach(posts, shares, impressions, engagement, authors))
 
     def frontier(self) -> int | None:
         """The time up to which every upstream partition has closed its windows."""
@@ -96,7 +100,9 @@ class MergeState:
         if frontier is None or (self.final_until is not None and frontier <= self.final_until):
             return
         self.final_until = frontier
-        ready = sorted(k for k in self.pending if k[0] + k[1] <= frontier)
+        # Window order per key is what the spike detector needs; sorting on (size, start)
+        # only (stable) avoids comparing tag strings for every pending window.
+        ready = sorted((k for k in self.pending if k[0] + k[1] <= frontier), key=_window_of)
         for key in ready:
             size, start, tag, platform = key
             result.rows.append(self.pending.pop(key).row(tag, platform, size, start))

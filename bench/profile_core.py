@@ -1,0 +1,84 @@
+"""Pure stage-1 + stage-2 throughput on one core, no Kafka: where does the CPU go?
+
+    python -m bench.profile_core [--posts N] [--profile]
+
+Feeds one partition's worth of posts (messages of 500 posts, batches of 200 messages,
+like the worker) through DedupWindowState with the real decoder (validation on),
+takes a changelog delta after every batch like the shell does, and merges the
+partials in MergeState.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import orjson
+
+from bench.generate import synthetic_arrivals
+from tagpulse import config
+from tagpulse.core.stage1 import DedupWindowState
+from tagpulse.core.stage2 import MergeState
+
+
+def decoder():
+    try:
+        from tagpulse.core.decode import decode_record
+        return decode_record
+    except ImportError:  # adapters not there yet: the canonical path only
+        from schemas.post import validate_post
+        return lambda item: [validate_post(item)]
+
+
+def run(messages: list[bytes], take: int, specs) -> dict:
+    state = DedupWindowState(0, specs, 10, 7 * 86400, decode=decoder())
+    merge = MergeState(0, 1)
+    delta_bytes = partials = rows = 0
+    t_start = time.perf_counter()
+    t_stage1 = t_delta = t_stage2 = 0.0
+    for i in range(0, len(messages), take):
+        a = time.perf_counter()
+        res = state.process([(i + j, m) for j, m in enumerate(messages[i:i + take])])
+        b = time.perf_counter()
+        delta_bytes += len(state.delta())
+        c = time.perf_counter()
+        partials += len(res.partials)
+        msg = orjson.dumps({"src": 0, "wm": state.watermark, "idle": False, "rows": res.partials})
+        out = merge.process([(i, msg)])
+        merge.delta()
+        rows += len(out.rows)
+        d = time.perf_counter()
+        t_stage1 += b - a
+        t_delta += c - b
+        t_stage2 += d - c
+    res = state.advance_idle(4_000_000_000)
+    msg = orjson.dumps({"src": 0, "wm": state.watermark, "idle": True, "rows": res.partials})
+    rows += len(merge.process([(len(messages), msg)]).rows)
+    return {"seconds": time.perf_counter() - t_start, "stage1_s": t_stage1, "delta_s": t_delta,
+            "stage2_s": t_stage2, "delta_bytes": delta_bytes, "partials": partials, "rows": rows,
+            "dedup_keys": len(state.dedup)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--posts", type=int, default=200_000)
+    parser.add_argument("--take", type=int, default=200)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    arrivals, unique = synthetic_arrivals(args.posts)
+    messages = [orjson.dumps(arrivals[i:i + 500]) for i in range(0, len(arrivals), 500)]
+    specs = config.parse_window_specs("1m,1h/5m,24h/1h")
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+    out = run(messages, args.take, specs)
+    if args.profile:
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+    out["posts_per_s"] = round(len(arrivals) / out["seconds"])
+    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+
+
+if __name__ == "__main__":
+    main()
