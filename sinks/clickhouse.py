@@ -258,6 +258,17 @@ TABLES: dict[str, TableSpec] = {
         select=("r.tag", "r.platform", "r.window_size", "toDateTime(r.window_start, 'UTC')",
                 "toDateTime(r.detected_at, 'UTC')", "r.observed", "r.expected", "r.score", "r.method", "r.reason"),
     ),
+    # Per-source data quality, 1-minute windows; a key may repeat across messages: sum() it.
+    "completeness": TableSpec(
+        table="completeness",
+        topic_attr="completeness",
+        count_key=b'"invalid":',
+        json_type=("Tuple(platform String, window_start Int64, received UInt64, duplicates UInt64, late UInt64, "
+                   "invalid UInt64)"),
+        columns=("platform", "window_start", "received", "duplicates", "late", "invalid"),
+        select=("r.platform", "toDateTime(r.window_start, 'UTC')", "r.received", "r.duplicates", "r.late",
+                "r.invalid"),
+    ),
 }
 
 INPUT_STRUCTURE = "_partition UInt16, _offset UInt64, body String"
