@@ -9,7 +9,14 @@ Where each figure comes from:
   (one row per unique post), so nothing is double counted; sums of
   `reach_windows` would count a post once per overlapping (hopping) window;
 - the peak window comes from `tagpulse.reach_windows` (final window rows);
-- late posts come from `tagpulse.late_events`.
+- late posts come from `tagpulse.late_events`;
+- spikes come from `tagpulse.spikes` (the stream's detector), each with the
+  completeness of its source over the spike's window;
+- completeness (duplicate, late and invalid rates) comes from
+  `tagpulse.completeness`, which is counted per source (platform) and minute
+  before posts are split by tag: it describes the sources that carry the tag.
+Queries in OPTIONAL_QUERIES read tables a database created before they existed
+may lack; the command treats a missing table there as "no rows".
 Definitions: potential reach = Σ over unique authors of their largest follower
 count; impressions = Σ over posts of the author's follower count.
 """
@@ -97,7 +104,51 @@ WHERE tag = {tag:String}
   AND window_start >= toDateTime({since:Int64}, 'UTC') AND window_start < toDateTime({until:Int64}, 'UTC')
 GROUP BY window_size
 ORDER BY window_size""",
+    # Each alert with its source's completeness over [window_start, window_start + window_size).
+    "spikes": """
+WITH s AS (
+    SELECT *, arrayJoin(range(toUInt32(window_start), toUInt32(window_start) + window_size, 60)) AS minute
+    FROM tagpulse.spikes
+    WHERE tag = {tag:String}
+      AND window_start >= toDateTime({since:Int64}, 'UTC') AND window_start < toDateTime({until:Int64}, 'UTC')
+)
+SELECT s.platform AS platform, s.window_size AS window_size, toUnixTimestamp(s.window_start) AS start,
+       toUnixTimestamp(s.detected_at) AS detected_at, s.observed AS observed, s.expected AS expected,
+       s.score AS score, s.method AS method, s.reason AS reason,
+       sum(c.received) AS received, sum(c.duplicates) AS duplicates, sum(c.late) AS late
+FROM s
+LEFT JOIN (
+    SELECT platform, toUInt32(window_start) AS minute, sum(received) AS received, sum(duplicates) AS duplicates,
+           sum(late) AS late
+    FROM tagpulse.completeness
+    WHERE (platform, toUInt32(window_start)) IN (SELECT platform, minute FROM s)
+    GROUP BY platform, minute
+) AS c ON c.platform = s.platform AND c.minute = s.minute
+GROUP BY platform, window_size, start, detected_at, observed, expected, score, method, reason
+ORDER BY start, platform, window_size
+LIMIT 500""",
+    # Completeness of the sources that carry the tag (and of 'unknown': unreadable input), in the period.
+    "completeness": """
+SELECT platform, sum(received) AS received, sum(duplicates) AS duplicates, sum(late) AS late,
+       sum(invalid) AS invalid
+FROM tagpulse.completeness
+WHERE window_start >= toDateTime({since:Int64}, 'UTC') AND window_start < toDateTime({until:Int64}, 'UTC')
+  AND (platform = 'unknown' OR platform IN (SELECT DISTINCT platform FROM tagpulse.posts
+                                            WHERE has(hashtags, {tag:String})))
+GROUP BY platform
+ORDER BY platform = 'unknown', platform""",
+    "completeness_buckets": """
+SELECT platform, intDiv(toUnixTimestamp(window_start), {window:UInt32}) * {window:UInt32} AS bucket,
+       sum(received) AS received, sum(duplicates) AS duplicates, sum(late) AS late
+FROM tagpulse.completeness
+WHERE window_start >= toDateTime({since:Int64}, 'UTC') AND window_start < toDateTime({until:Int64}, 'UTC')
+  AND platform IN (SELECT DISTINCT platform FROM tagpulse.posts WHERE has(hashtags, {tag:String}))
+GROUP BY platform, bucket
+ORDER BY bucket, platform""",
 }
+
+# Queries over tables added after the first schema version: absent tables mean "no rows".
+OPTIONAL_QUERIES = frozenset({"spikes", "completeness", "completeness_buckets"})
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -180,6 +231,7 @@ class Bucket:
     cum_potential_reach: int = 0
     cum_impressions_by_platform: dict[str, int] = field(default_factory=dict)
     cum_reach_by_platform: dict[str, int] = field(default_factory=dict)
+    posts_by_platform: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -201,6 +253,72 @@ class Peak:
     potential_reach: int
 
 
+def _rate(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+@dataclass
+class Completeness:
+    """Received, duplicate, late and invalid records of one source (or all: platform 'all') in the period."""
+
+    platform: str
+    received: int
+    duplicates: int
+    late: int
+    invalid: int
+    duplicate_rate: float = 0.0   # duplicates / received
+    late_rate: float = 0.0        # late / received
+    invalid_rate: float = 0.0     # invalid / (received + invalid)
+
+    def __post_init__(self):
+        self.duplicate_rate = _rate(self.duplicates, self.received)
+        self.late_rate = _rate(self.late, self.received)
+        self.invalid_rate = _rate(self.invalid, self.received + self.invalid)
+
+
+@dataclass
+class CompletenessBucket:
+    start: int
+    platform: str
+    received: int
+    duplicates: int
+    late: int
+    duplicate_rate: float = 0.0
+    late_rate: float = 0.0
+
+    def __post_init__(self):
+        self.duplicate_rate = _rate(self.duplicates, self.received)
+        self.late_rate = _rate(self.late, self.received)
+
+
+@dataclass
+class SpikeMark:
+    """One alert of the stream's detector, with its source's completeness over the spike's window."""
+
+    platform: str
+    window_size: int
+    start: int
+    detected_at: int
+    observed: int
+    expected: float
+    score: float
+    method: str
+    reason: str
+    received: int = 0
+    duplicates: int = 0
+    late: int = 0
+    duplicate_rate: float = 0.0
+    late_rate: float = 0.0
+
+    def __post_init__(self):
+        self.duplicate_rate = _rate(self.duplicates, self.received)
+        self.late_rate = _rate(self.late, self.received)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.window_size
+
+
 @dataclass
 class Report:
     tag: str
@@ -216,6 +334,9 @@ class Report:
     peak_bucket: Bucket | None
     windows: dict[int, int]   # window_size -> number of final windows stored
     late: dict[int, int]      # window_size -> late posts counted
+    spikes: list[SpikeMark] = field(default_factory=list)
+    completeness: list[Completeness] = field(default_factory=list)   # per source, then 'all' last
+    completeness_buckets: list[CompletenessBucket] = field(default_factory=list)
 
     @property
     def first_seen(self) -> int | None:
@@ -225,6 +346,10 @@ class Report:
 def _i(value) -> int:
     # JSON output quotes 64-bit integers; None means an empty aggregate.
     return int(value) if value not in (None, "") else 0
+
+
+def _f(value) -> float:
+    return float(value) if value not in (None, "") else 0.0
 
 
 def build_report(tag: str, asked: str, since: int | None, until: int | None, window: int,
@@ -249,6 +374,7 @@ def build_report(tag: str, asked: str, since: int | None, until: int | None, win
         bucket.posts += _i(r["posts"])
         bucket.impressions += _i(r["impressions"])
         per_platform.setdefault(start, {}).setdefault(r["platform"], [0, 0])[0] += _i(r["impressions"])
+        bucket.posts_by_platform[r["platform"]] = bucket.posts_by_platform.get(r["platform"], 0) + _i(r["posts"])
     for r in rows.get("reach_gains", []):
         start = _i(r["bucket"])
         by_start.setdefault(start, Bucket(start))
@@ -280,7 +406,25 @@ def build_report(tag: str, asked: str, since: int | None, until: int | None, win
     peak_bucket = max(buckets, key=lambda b: (b.posts, b.impressions, -b.start)) if buckets else None
     windows = {_i(r["window_size"]): _i(r["windows"]) for r in rows.get("windows", [])}
     late = {_i(r["window_size"]): _i(r["events"]) for r in rows.get("late", [])}
-    return Report(tag, asked, since, until, window, platforms, total, buckets, top, peak, peak_bucket, windows, late)
+
+    spikes = [SpikeMark(r["platform"], _i(r["window_size"]), _i(r["start"]), _i(r["detected_at"]),
+                        _i(r["observed"]), _f(r["expected"]), _f(r["score"]), str(r["method"]), str(r["reason"]),
+                        _i(r.get("received")), _i(r.get("duplicates")), _i(r.get("late")))
+              for r in rows.get("spikes", [])]
+    completeness = [Completeness(r["platform"], _i(r["received"]), _i(r["duplicates"]), _i(r["late"]),
+                                 _i(r["invalid"])) for r in rows.get("completeness", [])]
+    if completeness:
+        completeness.append(Completeness("all", *(sum(getattr(c, f) for c in completeness)
+                                                  for f in ("received", "duplicates", "late", "invalid"))))
+    # Completeness over time only where the tag has buckets: invalid input and other tags' quiet
+    # stretches would otherwise stretch the time axis far beyond the tag's life.
+    span = (buckets[0].start, buckets[-1].start) if buckets else None
+    completeness_buckets = [CompletenessBucket(_i(r["bucket"]), r["platform"], _i(r["received"]),
+                                               _i(r["duplicates"]), _i(r["late"]))
+                            for r in rows.get("completeness_buckets", [])
+                            if span and span[0] <= _i(r["bucket"]) <= span[1]]
+    return Report(tag, asked, since, until, window, platforms, total, buckets, top, peak, peak_bucket, windows, late,
+                  spikes, completeness, completeness_buckets)
 
 
 # ----------------------------------------------------------------------------- text
@@ -299,6 +443,10 @@ def fmt_duration(seconds: int) -> str:
 
 def _n(value: int) -> str:
     return f"{value:,}"
+
+
+def _pct(rate: float) -> str:
+    return f"{100 * rate:.2f}%"
 
 
 def _table(header: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
@@ -372,6 +520,24 @@ def render_text(report: Report) -> str:
         out.append(f"Late posts (arrived after their window closed, not in reach_windows; from tagpulse.late_events): "
                    f"{late}")
     out.append("")
+
+    if report.spikes:
+        out.append(f"Spikes (from tagpulse.spikes; the source's duplicate and late rates over the spike's window, "
+                   "from tagpulse.completeness)")
+        rows = [[fmt_time(m.start)[:16], fmt_duration(m.window_size), m.platform, _n(m.observed),
+                 f"{m.expected:,.1f}", f"{m.score:.2f}", _pct(m.duplicate_rate) if m.received else "-",
+                 _pct(m.late_rate) if m.received else "-"] for m in report.spikes]
+        out += _table(["window start (UTC)", "size", "platform", "posts", "expected", "score", "duplicates",
+                       "late"], rows, left=3)
+        out.append("")
+    if report.completeness:
+        out.append("Completeness of the sources carrying the tag, in the period (from tagpulse.completeness; counted "
+                   "per source and minute for all tags; 'unknown' = unreadable input, counted at processing time)")
+        rows = [[c.platform, _n(c.received), _n(c.duplicates), _pct(c.duplicate_rate), _n(c.late),
+                 _pct(c.late_rate), _n(c.invalid), _pct(c.invalid_rate)] for c in report.completeness]
+        out += _table(["source", "received", "duplicates", "dup. rate", "late", "late rate", "invalid",
+                       "invalid rate"], rows)
+        out.append("")
     out.append("potential reach = sum over unique authors of their largest follower count; impressions = sum over "
                "posts of the author's followers; totals over platforms are sums (author ids are platform-scoped).")
     return "\n".join(out) + "\n"

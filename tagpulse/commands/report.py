@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", default="1h", help="bucket and peak-window size: 1m, 1h, 24h … (default 1h)")
     parser.add_argument("--top", type=int, default=10, help="how many top contributors to list (default 10)")
     parser.add_argument("--json", action="store_true", help="print the report model as JSON instead of text")
+    parser.add_argument("--html", metavar="FILE",
+                        help="write a self-contained HTML page with charts to FILE ('-' for standard output)")
 
 
 def run(args) -> int:
@@ -21,7 +23,8 @@ def run(args) -> int:
 
     import orjson
 
-    from sinks.report import QUERIES, build_report, canonical, parse_time, query_parameters, render_text
+    from sinks.report import (OPTIONAL_QUERIES, QUERIES, build_report, canonical, parse_time, query_parameters,
+                              render_text)
     from tagpulse import config
     from tagpulse.commands.sql import QueryError, run_query
 
@@ -42,15 +45,46 @@ def run(args) -> int:
         print(f"tagpulse report: {args.tag!r} is not a hashtag", file=sys.stderr)
         return 2
     params = query_parameters(tag, since, until, window, args.top)
+    if args.html and args.html != "-":
+        # Fail before the queries, not after them.
+        import os
+
+        folder = os.path.dirname(os.path.abspath(args.html))
+        if os.path.isdir(args.html) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            print(f"tagpulse report: cannot write {args.html}: not a writable file path", file=sys.stderr)
+            return 2
     rows = {}
     try:
         for name, sql in QUERIES.items():
-            body = run_query(settings, sql, "JSONEachRow", params)
+            try:
+                body = run_query(settings, sql, "JSONEachRow", params)
+            except QueryError as exc:
+                # A database from before the spikes/completeness tables: report without those sections.
+                if name in OPTIONAL_QUERIES and _missing_table(str(exc)):
+                    rows[name] = []
+                    continue
+                raise
             rows[name] = [orjson.loads(line) for line in body.splitlines() if line.strip()]
     except QueryError as exc:
         print(f"tagpulse report: {exc}", file=sys.stderr)
         return 1
     report = build_report(tag, args.tag, since, until, window, rows)
+    if args.html:
+        from sinks.html_report import render_html
+
+        page = render_html(report)
+        if args.html == "-":
+            sys.stdout.write(page)
+            return 0
+        try:
+            with open(args.html, "w", encoding="utf-8") as handle:
+                handle.write(page)
+        except OSError as exc:
+            print(f"tagpulse report: cannot write {args.html}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        print(f"tagpulse report: wrote {args.html} ({len(page.encode()):,} bytes; open it in any browser, "
+              "no network needed)", file=sys.stderr)
+        return 0
     if args.json:
         import dataclasses
 
@@ -59,3 +93,7 @@ def run(args) -> int:
     else:
         sys.stdout.write(render_text(report))
     return 0
+
+
+def _missing_table(message: str) -> bool:
+    return "UNKNOWN_TABLE" in message or "Unknown table" in message or "does not exist" in message
