@@ -23,6 +23,7 @@ import asyncio
 import base64
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import shutil
@@ -174,6 +175,7 @@ def _missing_message(tools: list[str], needed_for: str) -> str:
             f"(or run scripts/bootstrap.sh)")
 
 
+@functools.lru_cache(maxsize=4)
 def java_major_version(java: str = "java") -> int | None:
     try:
         out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)

@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def settings_for(monkeypatch, home: Path, **env) -> config.Settings:
+    # Only what the test says: not the session broker's TAGPULSE_* variables.
+    for name in [n for n in os.environ if n.startswith("TAGPULSE_")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("TAGPULSE_HOME", str(home))
     for name, value in env.items():
         monkeypatch.setenv(name, str(value))
