@@ -47,7 +47,7 @@ if [ ${#missing[@]} -gt 0 ]; then
             tail -n 20 "$apt_log" >&2
             say "continuing: tagpulse says what is still missing when it needs it"
         fi
-        [ -n "$added_policy" ] && $SUDO rm -f "$policy"
+        if [ -n "$added_policy" ]; then $SUDO rm -f "$policy"; fi
     fi
 fi
 

@@ -639,14 +639,21 @@ def up(settings, prometheus: bool = True, say=None) -> list[str]:
                  f"(namespace {settings.topics.namespace}, {settings.partitions} partitions)")
     if prometheus:
         missing = missing_tools(("prometheus", "prometheus-alertmanager"))
-        alert = ensure_alertmanager(settings)
-        if alert:
-            lines.append(f"alertmanager: {'started' if alert['started'] else 'running (reloaded)'}, pid {alert['pid']}, "
-                         f"http://127.0.0.1:{alert['port']}")
-        prom = ensure_prometheus(settings)
-        if prom:
-            lines.append(f"prometheus: {'started' if prom['started'] else 'running (reloaded)'}, pid {prom['pid']}, "
-                         f"http://127.0.0.1:{prom['port']} (config {prom['config']})")
+        # Monitoring is optional: a taken port or a failed start is reported, the pipeline goes on.
+        try:
+            alert = ensure_alertmanager(settings)
+            if alert:
+                lines.append(f"alertmanager: {'started' if alert['started'] else 'running (reloaded)'}, "
+                             f"pid {alert['pid']}, http://127.0.0.1:{alert['port']}")
+        except StackError as exc:
+            lines.append(f"alertmanager: not started: {exc}")
+        try:
+            prom = ensure_prometheus(settings)
+            if prom:
+                lines.append(f"prometheus: {'started' if prom['started'] else 'running (reloaded)'}, pid {prom['pid']}, "
+                             f"http://127.0.0.1:{prom['port']} (config {prom['config']})")
+        except StackError as exc:
+            lines.append(f"prometheus: not started: {exc}")
         if missing:
             lines.append(_missing_message(missing, "monitoring") + "; Kafka and the pipeline work without it")
     return lines
