@@ -139,6 +139,7 @@ class Settings:
     idle_timeout_s: float
     dedup_ttl_s: int
     app_id: str
+    metrics_addr: str
     topics: Topics = field(default_factory=Topics)
     # Downloaded things (Kafka jars) live outside TAGPULSE_HOME so that a fresh home,
     # e.g. one per test session, does not fetch them again.
@@ -187,6 +188,7 @@ def load() -> Settings:
         idle_timeout_s=_env_float("TAGPULSE_IDLE_TIMEOUT", 5.0),
         dedup_ttl_s=parse_duration(_env("TAGPULSE_DEDUP_TTL", "7d")),
         app_id=_env("TAGPULSE_NAMESPACE", "tagpulse"),
+        metrics_addr=_env("TAGPULSE_METRICS_ADDR", "127.0.0.1"),
         topics=Topics(namespace=_env("TAGPULSE_NAMESPACE", "tagpulse")),
         cache_root=Path(_env("TAGPULSE_CACHE", str(_default_cache_root()))).expanduser().resolve(),
     )
