@@ -1,4 +1,4 @@
-"""The tagpulse Faust app: `faust -A streams.app worker` or `tagpulse worker`.
+"""The tagpulse Faust app: `faust -A streams.app worker --without-web` or `tagpulse worker`.
 
 Two agents, each a thin shell over a pure state machine:
 - dedup_and_window (stage 1, tagpulse.core.stage1) on the raw posts topic;
@@ -253,6 +253,7 @@ async def advance_idle_partitions():
         assigned = [tp.partition for tp in app.consumer.assignment() if tp.topic == topics.raw]
     except Exception:  # consumer not started yet
         return
+    report_consumer_lag()
     for partition in assigned:
         try:
             await idle_stage1(partition, now)
@@ -261,6 +262,16 @@ async def advance_idle_partitions():
             await stage1.drop(partition)
         except Exception as exc:
             fatal(f"idle advance of partition {partition} failed", exc)
+
+
+def report_consumer_lag() -> None:
+    from streams import observe
+
+    for stage in (stage1, stage2):
+        for partition, task in list(stage.tasks.items()):
+            highwater = app.consumer.highwater(app_tp(stage.source_topic, partition))
+            if highwater is not None:
+                observe.consumer_lag(stage.source_topic, partition, highwater - task.state.offset - 1)
 
 
 @app.on_partitions_revoked.connect

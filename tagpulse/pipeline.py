@@ -83,7 +83,7 @@ class Pipeline:
     def start_worker(self, index: int | None = None, loglevel: str = "info") -> Process:
         index = len(self.workers) if index is None else index
         proc = Process(f"worker-{index}",
-                       [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", loglevel],
+                       [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "--without-web", "-l", loglevel],
                        self._env(TAGPULSE_WORKER_METRICS_PORT=self.settings.worker_metrics_port + index),
                        self.log_dir / f"worker-{index}.log").start()
         if index < len(self.workers):

@@ -98,7 +98,7 @@ class Worker:
 
     def start(self) -> "Worker":
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "streams.app", "worker", "--without-web", "-l", "info"],
                                      cwd=REPO, env=self.env, stdout=log, stderr=log, start_new_session=True)
         return self
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 
 import pytest
 
@@ -28,7 +29,8 @@ def test_windows_equal_oracle_with_duplicates_and_disorder(namespace_settings, t
     settings = namespace_settings
     posts, arrivals = synthetic_stream(n=6000, seed=11)
     expected = expected_rows(posts)
-    worker = Worker(worker_env(settings, settings.topics.namespace), tmp_path / "worker.log").start()
+    env = worker_env(settings, settings.topics.namespace)
+    worker = Worker(env, tmp_path / "worker.log").start()
     try:
         run(produce_posts(settings.kafka_bootstrap, settings.topics.raw, arrivals, settings.partitions,
                           singles_every=97))
@@ -36,8 +38,15 @@ def test_windows_equal_oracle_with_duplicates_and_disorder(namespace_settings, t
                             until=lambda r: len(r) >= len(expected)))
         uniques = run(read_all(settings.kafka_bootstrap, settings.topics.unique_posts, quiet_s=2))
         late = run(read_all(settings.kafka_bootstrap, settings.topics.late, quiet_s=1))
+        exposition = urllib.request.urlopen(
+            f"http://127.0.0.1:{env['TAGPULSE_WORKER_METRICS_PORT']}/metrics", timeout=10).read().decode()
     finally:
         worker.stop()
+    # The worker's own counters saw every delivery; per-tag gauges carry bounded tag labels.
+    delivered = sum(float(line.split()[-1]) for line in exposition.splitlines()
+                    if line.startswith("tagpulse_posts_in_total{"))
+    assert delivered >= len(arrivals)
+    assert 'tagpulse_tag_posts_per_minute{tag="einbuchfuerkai"}' in exposition
     assert late == []
     assert sorted(p["post_id"] for p in uniques) == sorted(p["post_id"] for p in posts)
     rows = final_rows(rows)

@@ -24,7 +24,7 @@ def add_arguments(parser) -> None:
 
 
 def worker_command(loglevel: str) -> list[str]:
-    return [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", loglevel]
+    return [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "--without-web", "-l", loglevel]
 
 
 def ensure_topics() -> None:
