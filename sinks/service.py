@@ -26,22 +26,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import Counter, Gauge, Histogram
 
 from sinks import clickhouse as ch
+from tagpulse import metrics as m
 
 log = logging.getLogger("tagpulse.sink")
 
-# ----------------------------------------------------------------------------- metrics (all names in one place)
-BATCH_ROWS = Histogram("tagpulse_sink_batch_rows", "Rows per ClickHouse insert", ["table"],
-                       buckets=(1, 10, 100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000))
-BATCH_SECONDS = Histogram("tagpulse_sink_batch_seconds", "Duration of one successful ClickHouse insert", ["table"],
-                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-ERRORS = Counter("tagpulse_sink_errors_total", "Failed ClickHouse inserts (each is retried)", ["table"])
-ROWS = Counter("tagpulse_sink_rows_total", "Rows written to ClickHouse", ["table"])
-RETRYING = Gauge("tagpulse_sink_retrying", "1 while the sink backs off after a ClickHouse failure (consuming paused)")
-LAST_INSERT = Gauge("tagpulse_sink_last_insert_timestamp_seconds", "Wall time of the last successful insert",
-                    ["table"])
+# ----------------------------------------------------------------------------- metrics (defined in tagpulse.metrics)
+BATCH_ROWS = m.SINK_BATCH_ROWS
+BATCH_SECONDS = m.SINK_BATCH_SECONDS
+ERRORS = m.SINK_ERRORS
+ROWS = m.SINK_ROWS
+RETRYING = m.SINK_RETRYING
+LAST_INSERT = m.SINK_LAST_INSERT
 
 # ----------------------------------------------------------------------------- batching
 FLUSH_ROWS = 50_000          # flush when any table has this many rows buffered ...
@@ -403,7 +400,6 @@ def pid_file(settings) -> Path:
 
 async def serve(settings, sql_host: str = "127.0.0.1", metrics: bool = True) -> None:
     """Run the sink until SIGINT/SIGTERM: metrics, SQL endpoint, Kafka -> ClickHouse."""
-    from prometheus_client import start_http_server
 
     service = SinkService(settings)
     loop = asyncio.get_running_loop()
@@ -413,7 +409,7 @@ async def serve(settings, sql_host: str = "127.0.0.1", metrics: bool = True) -> 
         except (NotImplementedError, RuntimeError):
             pass
     if metrics:
-        start_http_server(settings.sink_metrics_port, addr="127.0.0.1")
+        m.start_metrics_server(settings.sink_metrics_port, settings.metrics_addr)
     await service.open_database()
     runner = await start_sql_server(service, sql_host, settings.sink_sql_port)
     path = pid_file(settings)
