@@ -1,0 +1,151 @@
+"""`tagpulse demo`: the whole pipeline on the seed campaign, end to end.
+
+Starts the local stack if needed, runs a stream worker and the ClickHouse sink,
+replays `tagpulse simulate einbuchfuerkai` into Kafka, waits until every window
+is final, prints the report and leaves the data for `tagpulse sql`.
+
+Safe to run twice: the posts are the same posts (same ids), so a second replay
+is recognised and the figures do not change.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+HELP = "run the pipeline on the #einBuchfuerKai seed campaign and print its report"
+
+DEMO_TAG = "einbuchfuerkai"
+DEMO_ALIASES = {"einbildfuerkai": "einbuchfuerkai"}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    parser.add_argument("--workers", type=int, default=1, help="stream worker processes (default 1)")
+    parser.add_argument("--timeout", type=float, default=600, help="give up after this many seconds (default 600)")
+    parser.add_argument("--html", metavar="FILE", help="also write the HTML report to FILE")
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+
+def run(args) -> int:
+    import asyncio
+
+    from tagpulse import config, pipeline, stack
+
+    settings = config.load()
+    say(f"home {settings.home}, Kafka {settings.kafka_bootstrap}, ClickHouse {settings.clickhouse_url}")
+    try:
+        stack.up(settings)
+    except stack.StackError as exc:
+        print(f"tagpulse demo: {exc}", file=sys.stderr)
+        return 1
+    install_aliases(settings)
+
+    from sinks import clickhouse as ch
+    if ch.is_embedded(settings.clickhouse_url) and ch.embedded_lock_held(settings.clickhouse_url):
+        print("tagpulse demo: the ClickHouse directory is held by another process (a running `tagpulse sink`?); "
+              "stop it first (tagpulse stack down stops what the stack started)", file=sys.stderr)
+        return 1
+
+    run_dir = settings.log_dir / "demo"
+    pipe = pipeline.Pipeline(settings, run_dir)
+    started = time.monotonic()
+    try:
+        pipe.start_sink()
+        for _ in range(args.workers):
+            pipe.start_worker(loglevel="warn")
+        say(f"started sink and {args.workers} worker(s); logs in {run_dir}")
+        sent = asyncio.run(replay(settings, args.seed))
+        say(f"replayed {sent} simulated posts (with duplicates and out-of-order arrival); waiting for final windows")
+
+        def progress(backlog, lagging):
+            if backlog or lagging:
+                say(f"  backlog {backlog} raw messages, {lagging} downstream")
+
+        waited = asyncio.run(pipeline.wait_until_final(settings, timeout=args.timeout, pipeline=pipe,
+                                                       on_progress=throttled(progress, 5.0)))
+        say(f"all windows final after {time.monotonic() - started:.1f}s ({waited:.1f}s waiting)")
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"tagpulse demo: {exc}", file=sys.stderr)
+        pipe.stop()
+        return 1
+    finally:
+        pipe.stop()
+
+    code = print_report(settings, args)
+    if code == 0:
+        print_seed_check(settings)
+    return code
+
+
+SEED_CHECK_SQL = """
+SELECT
+    countIf(platform = 'facebook' AND is_share) AS facebook_shares,
+    sumIf(author_followers, platform = 'twitter' AND created_at <= toDateTime('2015-05-22 12:50:00', 'UTC'))
+        AS twitter_impressions_by_1250,
+    countIf(platform = 'instagram') AS instagram_posts
+FROM tagpulse.posts
+WHERE has(hashtags, {tag:String})
+"""
+
+
+def print_seed_check(settings) -> None:
+    """The campaign's published figures next to what the pipeline counted."""
+    from tagpulse.commands.sql import run_query
+
+    body = run_query(settings, SEED_CHECK_SQL, "TSV", {"tag": DEMO_TAG}).decode().split()
+    shares, impressions, instagram = (int(v) for v in body)
+    print()
+    print("Seed campaign check (published figure -> counted by tagpulse, from tagpulse.posts):")
+    print(f"  facebook shares of the one post        ~12,800  -> {shares:,}")
+    print(f"  twitter impressions by 2015-05-22 12:50 ~14.8 M -> {impressions / 1e6:.2f} M")
+    print(f"  instagram posts                        ~40      -> {instagram:,}")
+    print("Query it yourself: tagpulse sql \"SELECT platform, count() FROM tagpulse.posts GROUP BY platform\"")
+
+
+def install_aliases(settings) -> None:
+    """The seed campaign's misspelling #einBildfuerKai is the same campaign: alias it for new data."""
+    from tagpulse.core import hashtags
+
+    path = settings.home / "aliases.json"
+    table = hashtags.AliasTable.load(path) if path.exists() else hashtags.AliasTable()
+    changed = False
+    for variant, canonical in DEMO_ALIASES.items():
+        if table.resolve(variant) != canonical:
+            table.add(variant, canonical)
+            changed = True
+    if changed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.save(path)
+    hashtags.set_aliases(table)
+
+
+async def replay(settings, seed: int) -> int:
+    from producers.kafka_producer import produce_posts
+    from producers.simulate import simulate_einbuchfuerkai
+
+    posts = list(simulate_einbuchfuerkai(seed=seed))
+    counts = await produce_posts(settings, posts)
+    return getattr(counts, "posts", len(posts))
+
+
+def print_report(settings, args) -> int:
+    from tagpulse.cli import main as cli_main
+
+    argv = ["report", DEMO_TAG]
+    if args.html:
+        argv += ["--html", args.html]
+    return cli_main(argv)
+
+
+def throttled(fn, every: float):
+    last = [0.0]
+
+    def call(*a):
+        now = time.monotonic()
+        if now - last[0] >= every:
+            last[0] = now
+            fn(*a)
+    return call
