@@ -25,7 +25,7 @@ def _iso(t: int) -> str:
 
 
 def synthetic_arrivals(n: int, seed: int = 42, dup_rate: float = 0.03, disorder_s: float = 8.0,
-                       rate_per_s: float = 200.0, n_tags: int = 10_000, n_authors: int = 200_000,
+                       rate_per_s: float = 1000.0, n_tags: int = 10_000, n_authors: int = 200_000,
                        t0: int = T0) -> tuple[list[dict], int]:
     """(posts in arrival order including duplicates, number of unique posts).
 

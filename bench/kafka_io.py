@@ -24,11 +24,13 @@ async def create_topics(bootstrap: str, names: list[str], partitions: int) -> No
         await admin.close()
 
 
-async def delete_topics(bootstrap: str, prefix: str) -> None:
+async def delete_topics(bootstrap: str, mark: str) -> None:
+    """Delete every topic whose name contains mark (a namespace, or an anchor's topic with its
+    Faust/Quix internal topics)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        names = [t for t in await admin.list_topics() if mark in t]
         if names:
             await admin.delete_topics(names)
     except Exception:

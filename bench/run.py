@@ -125,7 +125,8 @@ def wait_for(predicate, timeout: float, what: str, step: float = 0.2, pipeline=N
 
 
 # ----------------------------------------------------------------------------------------------- 2 e2e
-def run_e2e(ns: Namespace, workers: int, total_posts: int, posts_per_message: float, timeout: float) -> dict:
+def run_e2e(ns: Namespace, workers: int, total_posts: int, unique_posts: int, posts_per_message: float,
+            timeout: float) -> dict:
     from tagpulse.pipeline import wait_until_final
 
     pipeline = ns.pipeline()
@@ -164,6 +165,8 @@ def run_e2e(ns: Namespace, workers: int, total_posts: int, posts_per_message: fl
             "unique_posts_in_clickhouse": int(counts[0]), "window_rows_in_clickhouse": int(counts[1]),
             "late_events": int(counts[2] or 0), "peak_rss_mb": rss,
         }
+        # A fast wrong answer is no answer: say loudly when ClickHouse does not hold every unique post.
+        out["exact_posts"] = out["unique_posts_in_clickhouse"] == unique_posts and out["late_events"] == 0
         return out
     finally:
         pipeline.stop()
@@ -475,7 +478,7 @@ def main(argv=None) -> int:
             log(f"   {result['raw_consume']}")
         for w, n in e2e_ns.items():
             log(f"2 end to end, {w} worker(s)")
-            result[f"e2e_{w}_workers"] = run_e2e(n, w, len(arrivals), ppm, timeout=3600)
+            result[f"e2e_{w}_workers"] = run_e2e(n, w, len(arrivals), unique, ppm, timeout=3600)
             log(f"   {result[f'e2e_{w}_workers']}")
         subset = arrivals[:anchor_posts]
         if "anchors" not in skip:
@@ -509,7 +512,8 @@ def main(argv=None) -> int:
     finally:
         if not args.keep:
             for n in namespaces:
-                asyncio.run(kafka_io.delete_topics(bootstrap, n.name + "."))
+                asyncio.run(kafka_io.delete_topics(bootstrap, n.name))
+            asyncio.run(kafka_io.delete_topics(bootstrap, "bench-anchor-"))
             shutil.rmtree(work, ignore_errors=True)
     result["ratios"] = ratios(result)
     result["goals"] = goals(result)

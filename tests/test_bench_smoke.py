@@ -1,0 +1,59 @@
+"""The benchmark at smoke size on the real broker: it runs end to end and its numbers add up.
+
+No timing assertions: this checks that `python -m bench.run --small` works and that
+the pipeline it measured stored every unique post, nothing late, and as many
+window rows as the plain-Python oracle computes for the same posts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_small_runs_and_counts_add_up(stack_settings, tmp_path):
+    env = dict(os.environ)
+    env["TAGPULSE_KAFKA"] = stack_settings.kafka_bootstrap
+    env["TAGPULSE_BENCH_WORK"] = str(tmp_path / "work")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-m", "bench.run", "--small", "--skip", "latency,e2e1",
+                           "--anchor-budget", "10", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, timeout=280)
+    assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
+    [path] = list(tmp_path.glob("*-small.json"))
+    result = json.loads(path.read_text())
+
+    data = result["data"]
+    assert result["raw_consume"]["messages"] == data["messages"]
+    e2e = result["e2e_2_workers"]
+    assert e2e["unique_posts_in_clickhouse"] == data["unique_posts"]
+    assert e2e["late_events"] == 0
+    assert e2e["posts_per_s"] > 0
+    assert e2e["window_rows_in_clickhouse"] == expected_window_rows()
+    # The anchors are optional dependencies: each either measured something or says why not.
+    for kind in ("faust", "quix"):
+        anchor = result.get(f"anchor_{kind}", {})
+        assert anchor.get("posts", 0) > 0 or "error" in anchor
+    assert set(result["goals"]) and "ratios" in result
+
+
+def expected_window_rows() -> int:
+    """Rows the oracle computes for the same generated posts (the generator is deterministic)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # bench/ is not an installed package
+    from bench.generate import synthetic_arrivals
+    from tagpulse.core.stage1 import epoch_seconds
+    from tagpulse.core.windows import oracle_windows
+
+    arrivals, _ = synthetic_arrivals(20_000)
+    unique = {(p["platform"], p["post_id"]): p for p in arrivals}
+    specs = ((60, 60), (3600, 300), (86400, 3600))
+    return len(oracle_windows(((epoch_seconds(p["created_at"]), p) for p in unique.values()), specs))
