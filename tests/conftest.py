@@ -111,3 +111,30 @@ def namespace_settings(stack_settings, monkeypatch, tmp_path):
     settings = config.load()
     stack.ensure_topics(settings)
     return settings
+
+
+@pytest.fixture(scope="session")
+def demo_run(stack_settings, tmp_path_factory):
+    """`tagpulse demo` for real, once per session, on the session broker: (chDB URL, its stdout).
+
+    Runs in a namespace and ClickHouse directory of its own; the sink is stopped
+    when the demo ends, so tests can open the chDB directory directly.
+    """
+    import subprocess
+    import sys
+
+    home = tmp_path_factory.mktemp("demo")
+    url = f"chdb://{home / 'clickhouse'}"
+    env = dict(os.environ, TAGPULSE_NAMESPACE=f"demo{uuid.uuid4().hex[:6]}", TAGPULSE_CLICKHOUSE=url,
+               TAGPULSE_IDLE_TIMEOUT="2")
+    result = subprocess.run([sys.executable, "-m", "tagpulse.cli", "demo", "--no-monitoring"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        pytest.fail(f"tagpulse demo failed ({result.returncode}):\n{result.stderr[-4000:]}", pytrace=False)
+    return url, result.stdout
+
+
+@pytest.fixture(scope="session")
+def demo_db(demo_run) -> str:
+    """chDB URL of the ClickHouse database `tagpulse demo` filled through the real pipeline."""
+    return demo_run[0]

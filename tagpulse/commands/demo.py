@@ -23,6 +23,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="stream worker processes (default 1)")
     parser.add_argument("--timeout", type=float, default=600, help="give up after this many seconds (default 600)")
     parser.add_argument("--html", metavar="FILE", help="also write the HTML report to FILE")
+    parser.add_argument("--no-monitoring", action="store_true",
+                        help="do not start Prometheus and Alertmanager (Kafka only)")
 
 
 def say(message: str) -> None:
@@ -37,7 +39,8 @@ def run(args) -> int:
     settings = config.load()
     say(f"home {settings.home}, Kafka {settings.kafka_bootstrap}, ClickHouse {settings.clickhouse_url}")
     try:
-        stack.up(settings)
+        for line in stack.up(settings, prometheus=not args.no_monitoring, say=say):
+            say(line)
     except stack.StackError as exc:
         print(f"tagpulse demo: {exc}", file=sys.stderr)
         return 1
