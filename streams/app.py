@@ -216,13 +216,28 @@ def _group(events) -> dict[int, list[tuple[int, bytes]]]:
     return by_partition
 
 
+def _assigned(topic: str) -> set[int]:
+    return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+
+
 async def _run_batch(runner, stage: Stage, events) -> None:
     groups = _group(events)
+    # Events fetched before a rebalance may still sit in the stream buffer. Processing
+    # them would open the partition here again and fence its new owner mid-batch, so
+    # records of partitions we no longer own are dropped: the owner reads them itself.
+    owned = _assigned(stage.source_topic)
+    for partition in [p for p in groups if p not in owned]:
+        del groups[partition]
     results = await asyncio.gather(*(runner(p, recs) for p, recs in groups.items()), return_exceptions=True)
     for partition, outcome in zip(groups, results):
         if isinstance(outcome, PartitionLost):
             log.warning("%s", outcome)
             await stage.drop(partition)
+            if partition in _assigned(stage.source_topic):
+                # Fenced while the group still gives us the partition: the records of
+                # this batch are consumed but not committed. Only a restart (from the
+                # committed offset) reads them again, so crash rather than skip them.
+                fatal(f"{stage.name} partition {partition} fenced while assigned", outcome)
         elif isinstance(outcome, BaseException):
             fatal(f"{stage.name} partition {partition} failed", outcome)
 

@@ -80,3 +80,29 @@ def test_windows_exact_after_kill_minus_9_mid_replay(namespace_settings, tmp_pat
     rows = final_rows(rows)
     assert len(rows) == len(expected)
     assert rows == expected
+
+
+def test_windows_exact_when_a_second_worker_joins_mid_replay(namespace_settings, tmp_path):
+    """A rebalance moves half the partitions while the first worker has their records buffered."""
+    settings = namespace_settings
+    posts, arrivals = synthetic_stream(n=20000, seed=8)
+    expected = expected_rows(posts)
+    run(produce_posts(settings.kafka_bootstrap, settings.topics.raw, arrivals, settings.partitions, batch=50))
+    first = Worker(worker_env(settings, settings.topics.namespace), tmp_path / "worker-1.log").start()
+    second = None
+    try:
+        deadline = time.monotonic() + 120
+        seen = []
+        while time.monotonic() < deadline and not seen:
+            seen = run(read_all(settings.kafka_bootstrap, settings.topics.unique_posts, quiet_s=0.5, max_s=3))
+        assert seen and len(seen) < len(posts)
+        second = Worker(worker_env(settings, settings.topics.namespace), tmp_path / "worker-2.log").start()
+        rows = run(read_all(settings.kafka_bootstrap, settings.topics.windows,
+                            until=lambda r: len(r) >= len(expected)))
+        uniques = run(read_all(settings.kafka_bootstrap, settings.topics.unique_posts, quiet_s=2))
+    finally:
+        for worker in (first, second):
+            if worker:
+                worker.stop()
+    assert sorted(p["post_id"] for p in uniques) == sorted(p["post_id"] for p in posts)
+    assert final_rows(rows) == expected
