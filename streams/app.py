@@ -282,6 +282,7 @@ async def advance_idle_partitions():
 def report_consumer_lag() -> None:
     from streams import observe
 
+    observe.flush_tag_gauges()
     for stage in (stage1, stage2):
         for partition, task in list(stage.tasks.items()):
             highwater = app.consumer.highwater(app_tp(stage.source_topic, partition))

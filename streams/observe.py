@@ -71,5 +71,11 @@ def stage2(partition, result, state) -> None:
         _tags.export()
 
 
+def flush_tag_gauges() -> None:
+    """Called every second by the worker's timer, so the last windows of a batch are exported too."""
+    if _tags is not None:
+        _tags.export()
+
+
 def consumer_lag(topic: str, partition: int, lag: int) -> None:
     m.CONSUMER_LAG.labels(topic=topic, partition=str(partition)).set(max(0, lag))

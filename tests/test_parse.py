@@ -116,10 +116,13 @@ def test_memory_stays_bounded_on_a_huge_line(tmp_path):
             handle.write(chunk)
         handle.write(b'"}\n')
         handle.write((FIXTURES / "bluesky_jetstream.jsonl").read_bytes().split(b"\n")[4] + b"\n")
-    code = ("import resource, sys\n"
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child forked from a big
+    # pytest process would report the parent's size.
+    code = ("import sys\n"
             "from tagpulse.cli import main\n"
             "rc = main(sys.argv[1:])\n"
-            "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+            "hwm = next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+            "print('maxrss_kb', hwm, file=sys.stderr)\n"
             "sys.exit(rc)\n")
     result = tagpulse(str(path), python_code=code)
     assert result.returncode == 0
