@@ -29,6 +29,7 @@ from pathlib import Path
 
 from sinks import clickhouse as ch
 from tagpulse import metrics as m
+from tagpulse.kafka_security import client_kwargs
 
 log = logging.getLogger("tagpulse.sink")
 
@@ -151,6 +152,7 @@ class SinkService:
             auto_offset_reset="earliest",
             fetch_max_bytes=64 << 20,
             max_partition_fetch_bytes=16 << 20,
+            **client_kwargs(),
         )
         await self.consumer.start()
         await self.assign_partitions()

@@ -23,6 +23,7 @@ import orjson
 
 from streams.partition_tasks import PartitionLost, PartitionTask, pack_json_arrays, tag_partition
 from tagpulse import config
+from tagpulse.kafka_security import faust_credentials
 from tagpulse.core.stage1 import DedupWindowState
 from tagpulse.core.merge_spikes import MergeWithSpikes
 
@@ -59,6 +60,7 @@ app = faust.App(
     consumer_max_fetch_size=8 * 1024 * 1024,
     stream_buffer_maxsize=4096,
     producer_acks=-1,
+    broker_credentials=faust_credentials(),
 )
 
 # acks=False: Faust must never commit offsets of these topics; our transactions do.

@@ -26,6 +26,8 @@ from aiokafka.errors import (ConcurrentTransactions, CoordinatorLoadInProgressEr
                              KafkaConnectionError, KafkaError, NotCoordinatorError, ProducerFenced, RequestTimedOutError)
 from aiokafka.partitioner import murmur2
 
+from tagpulse.kafka_security import client_kwargs
+
 log = logging.getLogger("tagpulse.streams")
 
 # The broker's default max.message.bytes is 1 MiB; keep every message clearly below it.
@@ -91,6 +93,7 @@ class PartitionTask:
             enable_idempotence=True,
             linger_ms=5,
             max_request_size=MAX_MESSAGE_BYTES + 100_000,
+            **client_kwargs(),
             **(producer_config or {}),
         )
         await producer.start()  # init_transactions: fences the previous owner
@@ -177,6 +180,7 @@ async def restore_changelog(bootstrap: str, topic: str, partition: int, apply: C
         group_id=None,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,
+        **client_kwargs(),
     )
     await consumer.start()
     applied = 0
