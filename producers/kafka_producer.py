@@ -370,34 +370,14 @@ def compression_type(requested: str = "auto") -> str | None:
 
 
 async def ensure_topics(settings) -> None:
-    """The raw and dead-letter topics exist (created with settings.partitions when missing)."""
-    try:
-        from tagpulse.stack import ensure_topics as stack_ensure  # the stack's helper, when present
-    except ImportError:
-        stack_ensure = None
-    if stack_ensure is not None:
-        from tagpulse.stack import StackError
+    """The pipeline topics exist (created with settings.partitions when missing, by tagpulse.stack)."""
+    from tagpulse.stack import StackError
+    from tagpulse.stack import ensure_topics as stack_ensure
 
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, stack_ensure, settings)
-        except StackError as exc:
-            raise KafkaUnavailable(str(exc)) from None
-        return
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **_security())
-    await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        wanted = [t for t in (settings.topics.raw, settings.topics.dead_letters) if t not in existing]
-        if wanted:
-            try:
-                await admin.create_topics([NewTopic(t, settings.partitions, 1) for t in wanted])
-            except TopicAlreadyExistsError:
-                pass
-    finally:
-        await admin.close()
+        await asyncio.get_running_loop().run_in_executor(None, stack_ensure, settings)
+    except StackError as exc:
+        raise KafkaUnavailable(str(exc)) from None
 
 
 def reachable(bootstrap: str, timeout: float = 3.0) -> bool:

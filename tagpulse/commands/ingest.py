@@ -142,34 +142,13 @@ class KafkaRawSink:
 
 
 async def ensure_topics(settings) -> None:
-    """The raw and dead-letter topics with the configured partitions (the stack's helper when present)."""
-    try:
-        from tagpulse.stack import ensure_topics as stack_ensure  # owned by the stack helper
-    except ImportError:
-        stack_ensure = None
-    if stack_ensure is not None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, stack_ensure, settings)
-        except Exception as exc:  # StackError and friends: one line for the user, not a traceback
-            raise ConnectionError(str(exc)) from None
-        return
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
+    """The pipeline topics with the configured partitions (tagpulse.stack does the work)."""
+    from tagpulse.stack import ensure_topics as stack_ensure
 
-    from tagpulse.kafka_security import client_kwargs
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **client_kwargs())
-    await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        wanted = [t for t in (settings.topics.raw, settings.topics.dead_letters) if t not in existing]
-        if wanted:
-            try:
-                await admin.create_topics([NewTopic(t, settings.partitions, 1) for t in wanted])
-            except TopicAlreadyExistsError:
-                pass
-    finally:
-        await admin.close()
+        await asyncio.get_running_loop().run_in_executor(None, stack_ensure, settings)
+    except Exception as exc:  # StackError and friends: one line for the user, not a traceback
+        raise ConnectionError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- adapters
