@@ -588,10 +588,16 @@ def ensure_prometheus(settings, scrape_targets: dict[str, list[str]] | None = No
                        ("--web.console.libraries", "/etc/prometheus/console_libraries")):
         if Path(path).is_dir():
             cmd.append(f"{flag}={path}")
-    pid = spawn(cmd, "prometheus", settings, cwd=settings.home)
-    if not _wait_http_ready(settings.prometheus_port, pid, prometheus_marker(settings), timeout):
-        raise StackError(f"Prometheus did not start; see {log_path(settings, 'prometheus')}: "
-                         f"{_tail(log_path(settings, 'prometheus'), 3)}")
+    # One retry: on a loaded machine a first start has been seen to vanish without a log line.
+    for attempt in (1, 2):
+        pid = spawn(cmd, "prometheus", settings, cwd=settings.home)
+        if _wait_http_ready(settings.prometheus_port, pid, prometheus_marker(settings), timeout):
+            break
+        if process_alive(pid, prometheus_marker(settings)):
+            os.kill(pid, signal.SIGKILL)
+        if attempt == 2 or port_open(settings.prometheus_port):
+            raise StackError(f"Prometheus did not start; see {log_path(settings, 'prometheus')}: "
+                             f"{_tail(log_path(settings, 'prometheus'), 3)}")
     return {"pid": pid, "started": True, "port": settings.prometheus_port, "config": config}
 
 
