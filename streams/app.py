@@ -61,6 +61,11 @@ app = faust.App(
     stream_buffer_maxsize=4096,
     producer_acks=-1,
     broker_credentials=faust_credentials(),
+    # A worker killed with -9 holds its partitions until its session expires; Faust's
+    # consumer heartbeats from its own thread, so a short session is safe and lets a
+    # restarted worker (or the survivors) take over in seconds rather than a minute.
+    broker_session_timeout=float(os.environ.get("TAGPULSE_SESSION_TIMEOUT", "10")),
+    broker_heartbeat_interval=3.0,
 )
 
 # acks=False: Faust must never commit offsets of these topics; our transactions do.
