@@ -234,3 +234,18 @@ def test_a_broken_query_is_reported(chdb_client):
         {"refId": "A", "datasource": {"uid": "tagpulse-clickhouse"},
          "rawSql": "SELECT tag FROM tagpulse.spikes WHERE tag = 'never'"}]}]}, runner, DATASOURCES)[0]
     assert empty.error is None and not empty.ok
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_every_panel_query_returns_data_on_the_demo_database(demo_db, live_prometheus):
+    """The same harness, in its own process (one chDB directory per process), on what `tagpulse demo` stored."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("grafana_queries.py")),
+         "--prometheus", live_prometheus.base_url, "--clickhouse", demo_db,
+         "--from", "2015-05-20T00:00:00Z", "--to", "2015-05-24T00:00:00Z", "--prom-window", "120"],
+        capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]

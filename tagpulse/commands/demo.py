@@ -131,7 +131,35 @@ async def replay(settings, seed: int) -> int:
 
     posts = list(simulate_einbuchfuerkai(seed=seed))
     counts = await produce_posts(settings, posts)
+    await send_real_world_noise(settings)
     return getattr(counts, "posts", len(posts))
+
+
+# What a real feed also carries, so the demo shows where it goes: records no adapter can
+# read (-> tagpulse.dead_letters) and stragglers that arrive after their windows closed
+# (-> tagpulse.late_events; still stored once in tagpulse.posts).
+BROKEN_RECORDS = [
+    b'{"id": "1", "content": "truncated',
+    b'{"platform": "twitter", "post_id": "x1", "author_id": "a", "author_followers": -5,'
+    b' "created_at": "2015-05-21T20:00:00Z", "hashtags": ["einBuchfuerKai"]}',
+    b'{"kind": "something-else", "payload": 42}',
+]
+
+
+def straggler_posts() -> list[dict]:
+    return [{"platform": "twitter", "post_id": f"demo-straggler-{i}", "author_id": f"demo-late-{i}",
+             "author_handle": f"late_reader_{i}", "author_followers": 120 + i,
+             "created_at": f"2015-05-20T0{i}:15:00Z", "lang": "de", "text": "#einBuchfuerKai #lesen",
+             "hashtags": ["einBuchfuerKai", "lesen"], "is_share": False, "original_post_id": None,
+             "likes": 1, "shares": 0, "replies": 0, "quotes": 0} for i in range(1, 4)]
+
+
+async def send_real_world_noise(settings) -> None:
+    from producers.kafka_producer import produce_posts, send_raw_async
+
+    await send_raw_async(settings, BROKEN_RECORDS)
+    # Sent after the replay, so every partition's watermark is days past these posts.
+    await produce_posts(settings, straggler_posts())
 
 
 def print_report(settings, args) -> int:
