@@ -25,6 +25,28 @@ def final_rows(rows):
     return sorted(rows, key=row_key)
 
 
+def scraped_posts_in(tmp_path, target: str) -> float | None:
+    """sum(tagpulse_posts_in_total) as a real Prometheus scraping the worker sees it (None without Prometheus)."""
+    import promkit
+
+    if promkit.PROMETHEUS is None:
+        return None
+    prometheus = promkit.start_prometheus(tmp_path / "prometheus", {"tagpulse-worker": [target]})
+    try:
+        promkit.wait_for_scrape(prometheus, "tagpulse-worker")
+        exported = sum(float(line.split()[-1]) for line in urllib.request.urlopen(
+            f"http://{target}/metrics", timeout=10).read().decode().splitlines()
+            if line.startswith("tagpulse_posts_in_total{"))
+
+        def read_back():
+            result = promkit.query(prometheus, "sum(tagpulse_posts_in_total)")
+            value = float(result[0]["value"][1]) if result else None
+            return value if value == exported else None
+        return promkit.wait_until(read_back, "Prometheus to hold the worker's posts_in counters")
+    finally:
+        prometheus.stop()
+
+
 def test_windows_equal_oracle_with_duplicates_and_disorder(namespace_settings, tmp_path):
     settings = namespace_settings
     posts, arrivals = synthetic_stream(n=6000, seed=11)
@@ -40,6 +62,7 @@ def test_windows_equal_oracle_with_duplicates_and_disorder(namespace_settings, t
         late = run(read_all(settings.kafka_bootstrap, settings.topics.late, quiet_s=1))
         exposition = urllib.request.urlopen(
             f"http://127.0.0.1:{env['TAGPULSE_WORKER_METRICS_PORT']}/metrics", timeout=10).read().decode()
+        scraped = scraped_posts_in(tmp_path, f"127.0.0.1:{env['TAGPULSE_WORKER_METRICS_PORT']}")
     finally:
         worker.stop()
     # The worker's own counters saw every delivery; per-tag gauges carry bounded tag labels.
@@ -49,6 +72,9 @@ def test_windows_equal_oracle_with_duplicates_and_disorder(namespace_settings, t
     tag_labels = {line.split('"')[1] for line in exposition.splitlines()
                   if line.startswith("tagpulse_tag_posts_per_minute{")}
     assert tag_labels and tag_labels <= {"einbuchfuerkai", "buchtipp", "lesen", "kafka", "montag", "_other"}
+    # The real Prometheus scraped the running worker and reads back what it exported.
+    if scraped is not None:
+        assert scraped == delivered
     assert late == []
     assert sorted(p["post_id"] for p in uniques) == sorted(p["post_id"] for p in posts)
     rows = final_rows(rows)
