@@ -36,7 +36,6 @@ def test_bench_small_runs_and_counts_add_up(stack_settings, tmp_path):
     e2e = result["e2e_2_workers"]
     assert e2e["unique_posts_in_clickhouse"] == data["unique_posts"]
     assert e2e["late_events"] == 0
-    assert e2e["posts_per_s"] > 0
     assert e2e["window_rows_in_clickhouse"] == expected_window_rows()
     # The anchors are optional dependencies: each either measured something or says why not.
     for kind in ("faust", "quix"):
