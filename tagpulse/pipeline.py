@@ -16,6 +16,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from tagpulse.kafka_security import client_kwargs
 
@@ -161,7 +162,15 @@ async def wait_until_final(settings, timeout: float = 600.0, pipeline: Pipeline 
     while True:
         if pipeline is not None:
             pipeline.check_alive()
-        raw_backlog, lagging, snapshot = await _progress(settings)
+        try:
+            raw_backlog, lagging, snapshot = await _progress(settings)
+        except KafkaError as exc:
+            # A fresh broker creates __consumer_offsets on first use: the group coordinator
+            # is briefly unavailable. Not final yet; ask again.
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(f"pipeline status unavailable after {timeout:.0f}s: {exc}") from exc
+            await asyncio.sleep(1.0)
+            continue
         now = time.monotonic()
         if on_progress:
             on_progress(raw_backlog, lagging)
