@@ -26,6 +26,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from tagpulse.core.spikes import human_duration
+
 MAX_TIME = 4_102_444_800  # 2100-01-01: "no upper bound", still a valid DateTime
 
 _RANGE = ("has(hashtags, {tag:String}) "
@@ -434,11 +436,8 @@ def fmt_time(epoch: int | None) -> str:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def fmt_duration(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+# One formatting of window sizes everywhere ("1h", "5m", "90s"): the detector's.
+fmt_duration = human_duration
 
 
 def _n(value: int) -> str:
