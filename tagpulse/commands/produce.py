@@ -34,6 +34,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import asyncio
+    import gc
     import logging
 
     from aiokafka.errors import KafkaError
@@ -47,6 +48,10 @@ def run(args) -> int:
     settings = config.load()
     if not _apply_user_aliases(settings):
         return 1
+    # Every post allocates a dict and a list that refcounting frees at once; the cyclic collector
+    # scanning them anyway cost ≈10 % of the throughput (profiled), so it runs less often here.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     # aiokafka logs every reconnect attempt; we report failures ourselves, once.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
