@@ -98,33 +98,43 @@ def test_linger_sends_old_partial_buffers():
 
 
 # --------------------------------------------------------------------------- reading lines
-def test_line_splitter_any_chunking():
+def _lines(pieces: list) -> list:
+    """Blocks and Oversize markers → the lines they stand for."""
+    out = []
+    for piece in pieces:
+        out += [piece] if isinstance(piece, kp.Oversize) else piece.split(b"\n")
+    return out
+
+
+def test_block_splitter_any_chunking():
     lines = [b'{"a": %d}' % i for i in range(200)] + [b"", b"x" * 300, b"tail"]
     data = b"\n".join(lines)
     rng = random.Random(3)
     for _ in range(50):
-        s = kp.LineSplitter(limit=1000)
+        s = kp.BlockSplitter(limit=1000)
         got, pos = [], 0
         while pos < len(data):
             step = rng.randrange(1, 700)
             got += s.feed(data[pos:pos + step])
             pos += step
         got += s.finish()
-        assert got == lines
+        assert _lines(got) == lines
+        assert sum(kp.block_lines(b) for b in got) == len(lines)
 
 
 def test_oversize_line_keeps_only_its_head():
     big = b'{"text": "' + b"y" * (3 * MAX_RECORD_BYTES) + b'"}'
     data = b'{"ok": 1}\n' + big + b'\n{"ok": 2}\n'
-    s = kp.LineSplitter(MAX_RECORD_BYTES)
+    s = kp.BlockSplitter(MAX_RECORD_BYTES)
     got = []
     for pos in range(0, len(data), 300_000):
         got += s.feed(data[pos:pos + 300_000])
-        assert sum(map(len, s._partial)) <= MAX_RECORD_BYTES  # memory bounded by the record limit
+        assert len(s._partial) <= MAX_RECORD_BYTES  # memory bounded by the record limit
     got += s.finish()
-    assert got[0] == b'{"ok": 1}' and got[2] == b'{"ok": 2}'
-    assert isinstance(got[1], kp.Oversize)
-    assert got[1].size == len(big) and got[1].head == big[:kp.DEAD_LETTER_RAW_CHARS]
+    lines = _lines(got)
+    assert lines[0] == b'{"ok": 1}' and lines[2] == b'{"ok": 2}' and lines[3:] in ([], [b""])
+    assert isinstance(lines[1], kp.Oversize)
+    assert lines[1].size == len(big) and lines[1].head == big[:kp.DEAD_LETTER_RAW_CHARS]
 
 
 def test_parse_lines_posts_dead_letters_and_line_numbers(shared_data):
@@ -201,7 +211,8 @@ def _expected_posts(files: list[Path]) -> list[dict]:
 
 
 @pytest.mark.integration
-def test_produce_mastodon_data_and_bad_lines(namespace_settings, shared_data, tmp_path, capsys):
+@pytest.mark.parametrize("jobs", ["0", "2"])
+def test_produce_mastodon_data_and_bad_lines(namespace_settings, shared_data, tmp_path, capsys, jobs):
     from tagpulse.cli import main
 
     settings = namespace_settings
@@ -215,7 +226,7 @@ def test_produce_mastodon_data_and_bad_lines(namespace_settings, shared_data, tm
                     + b'"}\n' + status + b"\n")
     expected += parse_line(status)   # a valid status after the bad lines (a duplicate delivery) is not lost
 
-    assert main(["produce", "--batch-size", "50", *map(str, files), str(bad)]) == 0
+    assert main(["produce", "--batch-size", "50", "--jobs", jobs, *map(str, files), str(bad)]) == 0
     err = capsys.readouterr().err
     assert f"sent {len(expected)} posts" in err and f"{len(BAD_LINES) + 1} invalid" in err
 

@@ -29,6 +29,9 @@ def add_arguments(parser) -> None:
                         help="send a partial batch once its oldest post waited this long (default 0.05)")
     parser.add_argument("--compression", default="auto", choices=("auto", "none", "lz4", "zstd", "gzip", "snappy"),
                         help="Kafka compression (default auto: lz4 when aiokafka's codecs are installed, else none)")
+    parser.add_argument("--jobs", default="auto", metavar="N",
+                        help="parser processes (default auto: 2 for inputs over 32 MB on a machine with 2+ cores, "
+                             "else 0 = parse in this process)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
 
 
@@ -62,7 +65,7 @@ def run(args) -> int:
         print(f"tagpulse produce: cannot reach Kafka at {settings.kafka_bootstrap}{detail}; run: tagpulse stack up",
               file=sys.stderr)
         return 1
-    except ValueError as exc:   # an unavailable --compression
+    except ValueError as exc:   # an unavailable --compression, a bad --jobs
         print(f"tagpulse produce: {exc}", file=sys.stderr)
         return 2
     except KafkaError as exc:
@@ -75,7 +78,7 @@ def run(args) -> int:
 
 
 async def _produce(settings, args):
-    from producers.kafka_producer import RawProducer, produce_stream
+    from producers.kafka_producer import RawProducer, parser_pool, produce_stream
 
     inputs = []
     unreadable = 0
@@ -105,6 +108,8 @@ async def _produce(settings, args):
         inputs.append((path, fd, info.st_size if regular else None, True))
 
     open_fds = {fd for _, fd, _, owned in inputs if owned}
+    jobs = _jobs(args.jobs, sum(size for _, _, size, _ in inputs if size))
+    pool = parser_pool(jobs)  # spawned now, before the Kafka client's threads exist
     bar = _progress_bar(args, sum(size for _, _, size, _ in inputs if size) or None)
     started = time.monotonic()
     try:
@@ -113,7 +118,7 @@ async def _produce(settings, args):
             for name, fd, _size, owned in inputs:
                 try:
                     await produce_stream(producer, fd, name, args.format,
-                                         on_bytes=bar.update if bar is not None else None)
+                                         on_bytes=bar.update if bar is not None else None, pool=pool, jobs=jobs)
                 except OSError as exc:
                     print(f"tagpulse produce: error reading {name}: {exc.strerror or exc}", file=sys.stderr)
                     unreadable += 1
@@ -123,10 +128,27 @@ async def _produce(settings, args):
                         os.close(fd)
         return producer.counts, unreadable, time.monotonic() - started
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         if bar is not None:
             bar.close()
         for fd in open_fds:  # inputs not reached (Kafka failed first)
             os.close(fd)
+
+
+PARALLEL_MIN_BYTES = 32 << 20
+
+
+def _jobs(requested: str, total_bytes: int) -> int:
+    """Parser processes: parsing and validation are ≈85 % of the producer's CPU time (profiled), so
+    big files are parsed by two processes while this one reads and sends; small inputs are not
+    worth the ≈0.2 s start-up."""
+    if requested != "auto":
+        try:
+            return max(0, int(requested))
+        except ValueError:
+            raise ValueError(f"--jobs {requested!r}: expected a whole number or 'auto'") from None
+    return 2 if total_bytes >= PARALLEL_MIN_BYTES and (os.cpu_count() or 1) >= 2 else 0
 
 
 def _looks_like_sse(fd: int) -> bool:
