@@ -55,6 +55,8 @@ def run(args) -> int:
 
     try:
         written = _write(stream, args.out)
+    except BrokenPipeError:
+        raise               # `tagpulse simulate … | head`: the CLI ends quietly
     except OSError as exc:
         print(f"tagpulse simulate: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
