@@ -18,9 +18,9 @@ import logging
 import os
 import time
 
-import faust
 import orjson
 
+from streams.transport import App
 from streams.partition_tasks import PartitionLost, PartitionTask, pack_json_arrays, tag_partition
 from tagpulse import config
 from tagpulse.kafka_security import faust_credentials
@@ -48,7 +48,7 @@ _load_aliases()
 TAKE_MESSAGES = int(os.environ.get("TAGPULSE_TAKE_MESSAGES", "200"))
 TAKE_WITHIN_S = float(os.environ.get("TAGPULSE_TAKE_WITHIN", "0.2"))
 
-app = faust.App(
+app = App(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap}",
     store="memory://",

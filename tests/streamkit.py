@@ -131,3 +131,15 @@ def worker_env(settings, namespace: str, **extra) -> dict:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+async def produce_aborted(bootstrap: str, topic: str, partition: int, value: bytes) -> None:
+    """Write `value` in a transaction that is aborted: readers must never see it."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"aborted-{time.time_ns()}")
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        await (await producer.send(topic, value, partition=partition))
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()

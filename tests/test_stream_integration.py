@@ -7,7 +7,10 @@ import urllib.request
 
 import pytest
 
-from streamkit import Worker, produce_posts, read_all, run, worker_env
+import orjson
+
+from streamkit import Worker, produce_aborted, produce_posts, read_all, run, worker_env
+from streams.partition_tasks import tag_partition
 from tagpulse.core.stage1 import epoch_seconds
 from tagpulse.core.windows import oracle_windows, row_key
 from test_windows_core import SPECS, synthetic_stream
@@ -52,6 +55,14 @@ def test_windows_equal_oracle_with_duplicates_and_disorder(namespace_settings, t
     posts, arrivals = synthetic_stream(n=6000, seed=11)
     expected = expected_rows(posts)
     env = worker_env(settings, settings.topics.namespace)
+    # An aborted share (what a stage-1 batch killed mid-transaction leaves behind): the merge
+    # stage must not count it, or a busy window gains 1,000 posts and an author.
+    first = arrivals[0]
+    tag, t = first["hashtags"][0], epoch_seconds(first["created_at"])
+    share = [t - t % 60, tag, first["platform"], 1000, 0, 1, 0, {"aborted-author": 1}]
+    run(produce_aborted(settings.kafka_bootstrap, settings.topics.partial_windows,
+                        tag_partition(tag, settings.partitions),
+                        orjson.dumps({"src": 0, "wm": None, "idle": False, "rows": [share]})))
     worker = Worker(env, tmp_path / "worker.log").start()
     try:
         run(produce_posts(settings.kafka_bootstrap, settings.topics.raw, arrivals, settings.partitions,
@@ -87,6 +98,9 @@ def test_windows_exact_after_kill_minus_9_mid_replay(namespace_settings, tmp_pat
     posts, arrivals = synthetic_stream(n=20000, seed=5)
     expected = expected_rows(posts)
     env = worker_env(settings, settings.topics.namespace)
+    # Small agent batches: many transactions to land between, and a replay that cannot
+    # finish before the test sees the first output however fast the worker is.
+    env["TAGPULSE_TAKE_MESSAGES"] = "2"
     run(produce_posts(settings.kafka_bootstrap, settings.topics.raw, arrivals, settings.partitions, batch=50))
     worker = Worker(env, tmp_path / "worker.log").start()
     try:
@@ -116,7 +130,9 @@ def test_windows_exact_when_a_second_worker_joins_mid_replay(namespace_settings,
     posts, arrivals = synthetic_stream(n=20000, seed=8)
     expected = expected_rows(posts)
     run(produce_posts(settings.kafka_bootstrap, settings.topics.raw, arrivals, settings.partitions, batch=50))
-    first = Worker(worker_env(settings, settings.topics.namespace), tmp_path / "worker-1.log").start()
+    env = worker_env(settings, settings.topics.namespace)
+    env["TAGPULSE_TAKE_MESSAGES"] = "2"  # see the kill -9 test
+    first = Worker(env, tmp_path / "worker-1.log").start()
     second = None
     try:
         deadline = time.monotonic() + 120
@@ -124,7 +140,7 @@ def test_windows_exact_when_a_second_worker_joins_mid_replay(namespace_settings,
         while time.monotonic() < deadline and not seen:
             seen = run(read_all(settings.kafka_bootstrap, settings.topics.unique_posts, quiet_s=0.5, max_s=3))
         assert seen and len(seen) < len(posts)
-        second = Worker(worker_env(settings, settings.topics.namespace), tmp_path / "worker-2.log").start()
+        second = Worker(env, tmp_path / "worker-2.log").start()
         rows = run(read_all(settings.kafka_bootstrap, settings.topics.windows,
                             until=lambda r: len(r) >= len(expected)))
         uniques = run(read_all(settings.kafka_bootstrap, settings.topics.unique_posts, quiet_s=2))
