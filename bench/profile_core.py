@@ -5,12 +5,13 @@
 Feeds one partition's worth of posts (messages of 500 posts, batches of 200 messages,
 like the worker) through DedupWindowState with the real decoder (validation on),
 takes a changelog delta after every batch like the shell does, and merges the
-partials in MergeState.
+pane partials into windows in MergeState.
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import pstats
 import time
 
@@ -33,7 +34,7 @@ def decoder():
 
 def run(messages: list[bytes], take: int, specs) -> dict:
     state = DedupWindowState(0, specs, 10, 7 * 86400, decode=decoder())
-    merge = MergeState(0, 1)
+    merge = MergeState(0, 1, specs)
     delta_bytes = partials = rows = 0
     t_start = time.perf_counter()
     t_stage1 = t_delta = t_stage2 = 0.0
@@ -65,10 +66,14 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=200_000)
     parser.add_argument("--take", type=int, default=200)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--default-gc", action="store_true", help="keep Python's default GC thresholds")
     args = parser.parse_args()
     arrivals, unique = synthetic_arrivals(args.posts)
     messages = [orjson.dumps(arrivals[i:i + 500]) for i in range(0, len(arrivals), 500)]
     specs = config.parse_window_specs("1m,1h/5m,24h/1h")
+    if not args.default_gc:
+        gc.freeze()  # as the worker does (streams.app.tune_gc)
+        gc.set_threshold(100_000, 50, 1000)
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()

@@ -57,7 +57,7 @@ def stage2(partition, result, state) -> None:
     now = time.time()
     for (_tag, _platform, size, _start), n in result.late.items():
         m.LATE_EVENTS.labels(window_size=str(size)).inc(n)
-    m.STATE_ENTRIES.labels(kind="pending_windows").set(len(state.pending))
+    m.STATE_ENTRIES.labels(kind="merge_panes").set(len(state.panes))
     m.TRANSACTIONS.inc()
     if _tags is None:
         return

@@ -56,7 +56,7 @@ WINDOW_CLOSE_LATENCY = _metric(
     "Processing time from a window's end + grace to the emission of its final row (live data only)",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600))
 STATE_ENTRIES = _metric(Gauge, "tagpulse_state_entries",
-                        "Entries held in worker state (kind: dedup_keys, open_panes, pending_windows)", ["kind"])
+                        "Entries held in worker state (kind: dedup_keys, open_panes, merge_panes)", ["kind"])
 TRANSACTIONS = _metric(Counter, "tagpulse_transactions_total", "Kafka transactions committed by the worker")
 
 # ----------------------------------------------------------------------------- sink

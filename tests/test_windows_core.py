@@ -87,6 +87,15 @@ def synthetic_stream(n=3000, seed=1, dup_rate=0.05, disorder=8):
     return posts, [p for _, p in arrivals]
 
 
+def send(p, res, state, partial_topic, partitions):
+    """Stage 1's message to each stage-2 partition, as the worker writes it (in one message)."""
+    for q in range(partitions):
+        panes = [s for s in res.partials if tag_partition(s[1], partitions) == q]
+        windows = [s for s in res.window_share_rows() if tag_partition(s[2], partitions) == q]
+        partial_topic[q].append(orjson.dumps({"src": p, "wm": state.watermark, "idle": state.idle,
+                                              "rows": panes, "windows": windows}))
+
+
 def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None):
     """Route like the producer, run stage 1 per partition, then stage 2, with optional restarts from the changelog."""
     by_partition = {p: [] for p in range(partitions)}
@@ -96,7 +105,7 @@ def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None):
         by_partition[(murmur2(key) & 0x7FFFFFFF) % partitions].append(post)
     s1 = {p: DedupWindowState(p, SPECS, 10, 7 * 86400, decode=passthrough) for p in range(partitions)}
     logs1 = {p: [] for p in range(partitions)}
-    s2 = {q: MergeState(q, partitions) for q in range(partitions)}
+    s2 = {q: MergeState(q, partitions, SPECS) for q in range(partitions)}
     logs2 = {q: [] for q in range(partitions)}
     partial_topic = {q: [] for q in range(partitions)}
     rows, late, uniques = [], [], []
@@ -107,12 +116,7 @@ def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None):
         res = state.process(records)
         uniques.extend(res.unique_posts)
         late.extend(res.late_rows())
-        targets = {q: [] for q in range(partitions)}
-        for partial in res.partials:
-            targets[tag_partition(partial[2], partitions)].append(partial)
-        for q, part_rows in targets.items():
-            partial_topic[q].append(orjson.dumps({"src": p, "wm": state.watermark, "idle": state.idle,
-                                                  "rows": part_rows}))
+        send(p, res, state, partial_topic, partitions)
         logs1[p].append(state.delta())
         del wm_before
 
@@ -134,11 +138,7 @@ def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None):
                 s1[p] = fresh
     for p in range(partitions):
         res = s1[p].advance_idle(2_000_000_000)
-        targets = {q: [] for q in range(partitions)}
-        for partial in res.partials:
-            targets[tag_partition(partial[2], partitions)].append(partial)
-        for q, part_rows in targets.items():
-            partial_topic[q].append(orjson.dumps({"src": p, "wm": s1[p].watermark, "idle": True, "rows": part_rows}))
+        send(p, res, s1[p], partial_topic, partitions)
     for q in range(partitions):
         records = list(enumerate(partial_topic[q]))
         for i in range(0, len(records), 7):
@@ -147,10 +147,10 @@ def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None):
             late.extend(res.late_rows())
             logs2[q].append(s2[q].delta())
             if restart_every and (i // 7) % 3 == 2:
-                fresh = MergeState(q, partitions)
+                fresh = MergeState(q, partitions, SPECS)
                 for d in logs2[q]:
                     fresh.apply_delta(d)
-                assert fresh.pending.keys() == s2[q].pending.keys()
+                assert fresh.panes.keys() == s2[q].panes.keys()
                 s2[q] = fresh
     return sorted(rows, key=row_key), late, uniques
 
@@ -174,18 +174,51 @@ def test_streaming_equals_oracle_across_restarts_from_changelog():
 
 def test_late_post_is_counted_and_not_folded_into_closed_windows():
     state = DedupWindowState(0, SPECS, 10, 7 * 86400, decode=passthrough)
+    merge = MergeState(0, 1, SPECS)
     on_time = make_post(1, T0 + 30, ["a"], 1, 100)
     far_ahead = make_post(2, T0 + 200, ["a"], 2, 100)
     late_post = make_post(3, T0 + 40, ["a"], 3, 100)
-    res = state.process([(0, orjson.dumps([on_time, far_ahead])), (1, orjson.dumps(late_post))])
-    # The 1-minute window [T0, T0+60) closed when the watermark reached T0+190.
-    one_minute = [p for p in res.partials if p[0] == 60 and p[1] == T0]
-    assert one_minute and one_minute[0][4] == 1
-    assert res.late == {("a", "twitter", 60, T0): 1}
-    # The post still counts in the open 1 h and 24 h windows.
-    res = state.advance_idle(2_000_000_000)
-    hour = [p for p in res.partials if p[0] == 3600 and p[1] == T0 - 3600 + 300 * 12]
-    assert hour and hour[0][4] == 3
+
+    def to_merge(offset, res):
+        message = {"src": 0, "wm": state.watermark, "idle": state.idle, "rows": res.partials,
+                   "windows": res.window_share_rows()}
+        return merge.process([(offset, orjson.dumps(message))])
+
+    res = state.process([(0, orjson.dumps([on_time, far_ahead]))])
+    # The pane [T0, T0+60) was shipped when the watermark reached T0+190.
+    assert [p[:4] for p in res.partials] == [[T0, "a", "twitter", 1]]
+    out = to_merge(0, res)
+    assert [(r["window_size"], r["window_start"], r["posts"]) for r in out.rows] == [(60, T0, 1)]
+    res = state.process([(1, orjson.dumps(late_post))])
+    # Late for the 1-minute window that closed at this partition; a share of the 36 open ones.
+    assert res.unique_posts == [late_post] and res.partials == []
+    assert res.late == {("a", "twitter", 60, T0): 1} and len(res.window_shares) == 36
+    out = to_merge(1, res)
+    assert out.rows == [] and out.late == {}
+    out = to_merge(2, state.advance_idle(2_000_000_000))
+    hours = {r["window_start"]: r["posts"] for r in out.rows if r["window_size"] == 3600}
+    assert len(hours) == 12 and set(hours.values()) == {3}
+    days = [r for r in out.rows if r["window_size"] == 86400]
+    assert len(days) == 24 and {r["posts"] for r in days} == {3} and {r["unique_authors"] for r in days} == {3}
+
+
+def test_late_share_alone_in_its_window_makes_a_row_in_window_order():
+    merge = MergeState(0, 1, SPECS)
+    share = [3600, T0, "solo", "twitter", 1, 0, 5, 0, {"x": 5}]
+    pane = [T0 + 3600, "solo", "twitter", 1, 0, 7, 0, {"y": 7}]
+    out = merge.process([(0, orjson.dumps({"src": 0, "wm": T0 + 2 * 86400, "idle": False,
+                                              "rows": [pane], "windows": [share]}))])
+    hours = [(r["window_start"], r["posts"]) for r in out.rows if r["window_size"] == 3600]
+    assert hours == sorted(hours) and (T0, 1) in hours and len(hours) == 13
+
+
+def test_pane_shares_of_final_windows_are_late_and_dropped_once_every_window_is_final():
+    merge = MergeState(0, 1, SPECS)
+    share = [T0, "a", "twitter", 2, 0, 10, 0, {"x": 5}]
+    merge.process([(0, orjson.dumps({"src": 0, "wm": T0 + 2 * 86400, "idle": False, "rows": []}))])
+    out = merge.process([(1, orjson.dumps({"src": 0, "wm": T0 + 2 * 86400, "idle": False, "rows": [share]}))])
+    assert out.rows == [] and merge.panes == {}
+    assert sum(out.late.values()) == 2 * (1 + 12 + 24) and len(out.late) == 37
 
 
 def test_bad_records_become_dead_letters_and_do_not_stop_the_batch():
@@ -197,18 +230,18 @@ def test_bad_records_become_dead_letters_and_do_not_stop_the_batch():
 
 
 def test_merge_waits_for_every_upstream_partition_and_ignores_idle_empty_ones():
-    m = MergeState(0, upstream_partitions=3)
-    partial = [60, T0, "a", "twitter", 2, 0, 10, 0, {"x": 5}]
+    m = MergeState(0, upstream_partitions=3, specs=((60, 60),))
+    partial = [T0, "a", "twitter", 2, 0, 10, 0, {"x": 5}]
     res = m.process([(0, orjson.dumps({"src": 0, "wm": T0 + 100, "idle": False, "rows": [partial]}))])
     assert res.rows == []
     res = m.process([(1, orjson.dumps({"src": 1, "wm": None, "idle": True, "rows": []}))])
     assert res.rows == []  # partition 2 has not reported yet
-    partial2 = [60, T0, "a", "twitter", 1, 1, 7, 0, {"x": 9, "y": 1}]
+    partial2 = [T0, "a", "twitter", 1, 1, 7, 0, {"x": 9, "y": 1}]
     res = m.process([(2, orjson.dumps({"src": 2, "wm": T0 + 60, "idle": False, "rows": [partial2]}))])
     assert len(res.rows) == 1
     row = res.rows[0]
     assert row["posts"] == 3 and row["unique_authors"] == 2 and row["potential_reach"] == 10
-    # A straggler partial for a final window is late, never a second row.
+    # A straggler share for a final window is late, never a second row.
     res = m.process([(3, orjson.dumps({"src": 1, "wm": T0 + 70, "idle": False, "rows": [partial]}))])
     assert res.rows == [] and res.late == {("a", "twitter", 60, T0): 2}
 
@@ -231,21 +264,23 @@ def test_oracle_property_random_specs(seed):
 def test_merge_with_spikes_restores_detector_state_from_its_delta():
     from tagpulse.core.merge_spikes import MergeWithSpikes
 
+    specs = ((3600, 3600),)
+
     def feed(state, offset, start, posts, authors):
-        partial = [3600, start, "viral", "twitter", posts, 0, posts * 10, 0, {f"a{i}": 10 for i in range(authors)}]
+        partial = [start, "viral", "twitter", posts, 0, posts * 10, 0, {f"a{i}": 10 for i in range(authors)}]
         msg = {"src": 0, "wm": start + 3600, "idle": False, "rows": [partial]}
         return state.process([(offset, orjson.dumps(msg))])
 
-    live = MergeWithSpikes(0, upstream_partitions=1)
+    live = MergeWithSpikes(0, upstream_partitions=1, specs=specs)
     log = []
     spikes = []
     for i in range(400):
         posts = 30 if i < 380 else 3000
-        res = feed(live, i, T0 + i * 300, posts, min(posts, 25) if i < 380 else 900)
+        res = feed(live, i, T0 + i * 3600, posts, min(posts, 25) if i < 380 else 900)
         spikes += res.spikes
         log.append(live.delta())
     assert spikes, "a 100x burst after a long flat baseline must fire"
-    restored = MergeWithSpikes(0, upstream_partitions=1)
+    restored = MergeWithSpikes(0, upstream_partitions=1, specs=specs)
     for d in log:
         restored.apply_delta(d)
     assert restored.detector.to_dict() == live.detector.to_dict()
@@ -263,3 +298,16 @@ def test_completeness_counts_received_duplicates_late_and_invalid_per_source():
     assert (first["received"], first["duplicates"], first["late"]) == (3, 1, 1)
     assert rows[("mastodon", T0 + 300)]["received"] == 1
     assert rows[("unknown", 123)]["invalid"] == 1
+
+
+def test_late_posts_give_the_same_rows_and_late_counts_across_restarts():
+    # Disorder beyond the 10 s grace: many posts reach their partition after their pane shipped.
+    posts, arrivals = synthetic_stream(n=3000, seed=4, disorder=150)
+    rows, late, uniques = run_pipeline(arrivals)
+    assert late and len(uniques) == len(posts)
+    rows_r, late_r, _ = run_pipeline(arrivals, restart_every=2)
+    assert rows_r == rows
+    assert sorted(map(orjson.dumps, late_r)) == sorted(map(orjson.dumps, late))
+    # Every post is in each of its 37 windows per tag exactly once: either counted there or late.
+    counted = sum(r["posts"] for r in rows) + sum(r["events"] for r in late)
+    assert counted == sum(37 * len(p["hashtags"]) for p in posts)

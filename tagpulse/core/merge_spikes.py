@@ -18,8 +18,8 @@ _LEN = struct.Struct(">I")
 
 
 class MergeWithSpikes(MergeState):
-    def __init__(self, partition: int, upstream_partitions: int, spike_config: SpikeConfig | None = None):
-        super().__init__(partition, upstream_partitions)
+    def __init__(self, partition: int, upstream_partitions: int, specs, spike_config: SpikeConfig | None = None):
+        super().__init__(partition, upstream_partitions, specs)
         self.detector = SpikeDetector(spike_config or SpikeConfig())
         self._touched: set[tuple[str, str, int]] = set()
 

@@ -1,15 +1,18 @@
 """Stage 1: dedup and per-partition window panes for one input partition (pure).
 
 The state machine behind the `dedup-window` agent. It turns raw-topic records
-into unique posts, dead letters, late-event counts and *partial* windows (this
-partition's share of each window, with its author map), and records every
-change it makes in a changelog delta so the shell can persist it in the same
-Kafka transaction as the outputs.
+into unique posts, dead letters and *pane shares*: this partition's share of
+each closed 1-minute pane per (tag, platform), with its author map. Stage 2
+(tagpulse.core.stage2) merges the shares of every partition and assembles the
+windows. Every change is recorded in a changelog delta so the shell can
+persist it in the same Kafka transaction as the outputs.
 
 Semantics (docs/streaming.md):
-- watermark = max event time seen in this partition - grace; a window closes
-  when the watermark passes its end, and a closed window never reopens;
-- a post for a closed window is late: counted per window, not folded in;
+- watermark = max event time seen in this partition - grace; a pane is shipped
+  once the watermark passes its end, and never again as a whole;
+- a post whose pane was already shipped is late for each of its windows that
+  closed here (counted, not folded in); its share of the windows still open
+  here goes to stage 2 as a window share;
 - a partition idle for idle_timeout (and caught up) advances its watermark to
   wall clock - grace, so a finished replay closes every window.
 """
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import heapq
 import struct
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -70,7 +72,9 @@ class Stage1Result:
     unique_posts: list[dict] = field(default_factory=list)
     dead_letters: list[dict] = field(default_factory=list)
     late: dict[tuple, int] = field(default_factory=dict)  # (tag, platform, size, start) -> events
-    partials: list[list] = field(default_factory=list)  # [size, start, tag, platform, *Reach.to_list()]
+    partials: list[list] = field(default_factory=list)  # pane shares: [pane_start, tag, platform, *Reach.to_list()]
+    # (size, start, tag, platform) -> share of posts that came after their pane was shipped
+    window_shares: dict[tuple, Reach] = field(default_factory=dict)
     posts_in: dict[str, int] = field(default_factory=dict)  # platform -> valid posts read
     duplicates: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
@@ -100,6 +104,10 @@ class Stage1Result:
             for (tag, platform, size, start), n in self.late.items()
         ]
 
+    def window_share_rows(self) -> list[list]:
+        """[size, start, tag, platform, *Reach.to_list()] for stage 2."""
+        return [[*key, *reach.to_list()] for key, reach in self.window_shares.items()]
+
 
 class DedupWindowState:
     """All state of one stage-1 partition; mutate only through process/advance_idle."""
@@ -109,9 +117,6 @@ class DedupWindowState:
         self.partition = partition
         self.specs = tuple(specs)
         self.width = pane_width(self.specs)
-        self.max_size = max(size for size, _ in self.specs)
-        self.min_hop = min(hop for _, hop in self.specs)
-        self.block_hops = sorted({hop for _, hop in self.specs if hop != self.width})
         self.grace = grace
         self.dedup_ttl = dedup_ttl
         self._decode = decode or _default_decode()
@@ -121,11 +126,9 @@ class DedupWindowState:
         self.watermark: int | None = None
         self.idle = False
         self.dedup = DedupIndex()
+        # open panes: pane start -> (tag, platform) -> Reach; only panes not shipped yet
         self.panes: dict[int, dict[tuple[str, str], Reach]] = {}
-        self._pane_heap: list[int] = []  # pane starts, for eviction oldest first
-        # hop -> block start -> panes of [start, start + hop) merged; windows are
-        # assembled from these so a 24 h window costs 24 merges, not 1440
-        self._blocks: dict[int, dict[int, dict[tuple[str, str], Reach]]] = {h: {} for h in self.block_hops}
+        self._pane_heap: list[int] = []  # pane starts, for shipping oldest first
         # changes since the last delta()
         self._new_keys: list[int] = []
         self._new_times: list[int] = []
@@ -185,7 +188,7 @@ class DedupWindowState:
         if watermark is not None and t < watermark - self.dedup_ttl:
             # Older than the dedup horizon: we could no longer tell it from a
             # duplicate, and every window it belongs to closed long ago.
-            self._count_late(post, t, result)
+            self._late(post, t, result, share_open=False)
             source[2] += 1
             return
         if not self.dedup.add(key, t, in_arrays):
@@ -198,45 +201,50 @@ class DedupWindowState:
         if self.idle:
             self.idle = False
             result.watermark_changed = True
-        # The earliest window containing t ends at the next boundary of the smallest hop.
-        if watermark is None or (t // self.min_hop + 1) * self.min_hop > watermark:
-            self._fold(post, t)
+        ps = t - t % self.width
+        if watermark is None or ps + self.width > watermark:
+            self._fold(post, ps)
         else:
-            source[2] += 1  # late for at least its earliest window
-            if self._count_late(post, t, result) < len(self.specs):
-                self._fold(post, t)
+            source[2] += 1  # its pane was shipped: late for at least its 1-minute window
+            self._late(post, t, result, share_open=True)
         if self.max_event is None or t > self.max_event:
             self.max_event = t
             candidate = t - self.grace
             if watermark is None or candidate > watermark:
                 self._advance(candidate, result)
 
-    def _count_late(self, post: dict, t: int, result: Stage1Result) -> int:
-        """Count the post as late for each closed window it belongs to; returns how many specs were fully closed."""
-        watermark = self.watermark
-        fully_closed = 0
-        for size, hop in self.specs:
-            starts = window_starts(t, size, hop)
-            closed = [s for s in starts if s + size <= watermark]
-            if not closed:
-                continue
-            if len(closed) == len(starts):
-                fully_closed += 1
-            for start in closed:
-                for tag in post["hashtags"]:
-                    k = (tag, post["platform"], size, start)
-                    result.late[k] = result.late.get(k, 0) + 1
-        return fully_closed
+    def _late(self, post: dict, t: int, result: Stage1Result, share_open: bool) -> None:
+        """A post whose pane was shipped: late for each of its windows that closed here.
 
-    def _fold(self, post: dict, t: int) -> None:
-        ps = t - t % self.width
-        pane = self.panes.get(ps)
+        With share_open, its share of the windows still open here goes to stage 2 as
+        window shares. Lateness is decided by this partition's watermark, so it
+        depends on the partition's record order only, never on processing timing.
+        """
+        watermark = self.watermark
+        platform = post["platform"]
+        late = result.late
+        shares = result.window_shares
+        for size, hop in self.specs:
+            for start in window_starts(t, size, hop):
+                if start + size <= watermark:
+                    for tag in post["hashtags"]:
+                        k = (tag, platform, size, start)
+                        late[k] = late.get(k, 0) + 1
+                elif share_open:
+                    for tag in post["hashtags"]:
+                        k = (size, start, tag, platform)
+                        reach = shares.get(k)
+                        if reach is None:
+                            reach = shares[k] = Reach()
+                        reach.add_post(post["author_id"], post["author_followers"], post["is_share"],
+                                       post_engagement(post))
+
+    def _fold(self, post: dict, ps: int) -> None:
+        panes = self.panes
+        pane = panes.get(ps)
         if pane is None:
-            pane = self.panes[ps] = {}
+            pane = panes[ps] = {}
             heapq.heappush(self._pane_heap, ps)
-        for hop, blocks in self._blocks.items():
-            if blocks:
-                blocks.pop(ps - ps % hop, None)  # a late post changes a block built earlier
         platform = post["platform"]
         author = post["author_id"]
         followers = post["author_followers"]
@@ -269,122 +277,22 @@ class DedupWindowState:
         result.watermark_changed = True
         if old is not None and new_watermark // self.width == old // self.width:
             return  # window ends are multiples of the pane width: nothing can close
-        self._close(old, new_watermark, result)
-        self._evict(new_watermark)
+        self._ship(new_watermark, result)
         horizon = new_watermark - self.dedup_ttl
         if self._expired_to is None or horizon >= self._expired_to + DEDUP_EXPIRY_STEP:
             self.dedup.expire(horizon)
             self._expired_to = horizon
 
-    def _close(self, old: int | None, new: int, result: Stage1Result) -> None:
-        if not self.panes:
-            return
-        pane_starts = None
-        for size, hop in self.specs:
-            if old is not None and new // hop == old // hop:
-                continue  # window ends are multiples of the hop: none of this spec ended
-            if pane_starts is None:
-                pane_starts = sorted(self.panes)
-            starts = self._closing_starts(pane_starts, size, hop, old, new)
-            if starts:
-                self._close_spec(size, hop, starts, result.partials)
-
-    def _close_spec(self, size: int, hop: int, starts: list[int], partials: list) -> None:
-        """Partials of the windows of one spec starting at `starts` (ascending).
-
-        Per key, the windows are walked in order over the key's non-empty blocks:
-        consecutive windows that hold the same blocks share one merge, and a window
-        that only gains blocks extends a copy of the previous one. A quiet tag's 24
-        overlapping day windows then cost one or two merges instead of 24.
-        """
-        per_key: dict[tuple[str, str], tuple[list[int], list[Reach]]] = {}
-        for bs in range(starts[0], starts[-1] + size, hop):
-            block = self._block(hop, bs)
-            for key, reach in block.items():
-                entry = per_key.get(key)
-                if entry is None:
-                    per_key[key] = ([bs], [reach])
-                else:
-                    entry[0].append(bs)
-                    entry[1].append(reach)
-        for (tag, platform), (block_starts, reaches) in per_key.items():
-            lo = hi = 0  # block index range of the previous window
-            merged: Reach | None = None
-            data: list | None = None
-            n = len(block_starts)
-            for start in starts:
-                i = bisect_left(block_starts, start, lo)
-                j = bisect_left(block_starts, start + size, max(i, hi))
-                if i == j:
-                    continue
-                if merged is None or i != lo or j < hi:
-                    merged = Reach()
-                    for k in range(i, j):
-                        merged.merge(reaches[k])
-                    data = merged.to_list()
-                elif j > hi:
-                    merged = merged.copy()
-                    for k in range(hi, j):
-                        merged.merge(reaches[k])
-                    data = merged.to_list()
-                lo, hi = i, j
-                partials.append([size, start, tag, platform, *data])
-                if i >= n:
-                    break
-
-    def _block(self, hop: int, start: int) -> dict[tuple[str, str], Reach]:
-        if hop == self.width:
-            return self.panes.get(start) or {}
-        blocks = self._blocks[hop]
-        block = blocks.get(start)
-        if block is None:
-            block = {}
-            for ps in range(start, start + hop, self.width):
-                pane = self.panes.get(ps)
-                if not pane:
-                    continue
-                for key, reach in pane.items():
-                    acc = block.get(key)
-                    if acc is None:
-                        block[key] = acc = Reach()
-                    acc.merge(reach)
-            blocks[start] = block
-        return block
-
-    def _closing_starts(self, pane_starts: list[int], size: int, hop: int, old: int | None, new: int) -> list[int]:
-        """Starts of windows ending in (old, new] that hold at least one pane."""
-        first_pane, last_pane = pane_starts[0], pane_starts[-1]
-        lo_end = (old // hop + 1) * hop if old is not None else None
-        hi_end = (new // hop) * hop
-        starts: set[int] = set()
-        if lo_end is not None and (hi_end - lo_end) // hop + 1 <= len(pane_starts):
-            for end in range(lo_end, hi_end + 1, hop):
-                start = end - size
-                if start <= last_pane and end > first_pane:
-                    starts.add(start)
-        else:
-            # A long jump (idle advance of a replay): walk the panes instead of the clock.
-            for ps in pane_starts:
-                for start in window_starts(ps, size, hop):
-                    end = start + size
-                    if end <= new and (old is None or end > old):
-                        starts.add(start)
-        return sorted(starts)
-
-    def _evict(self, watermark: int) -> None:
-        # A pane is needed while some window containing it is open; the oldest
-        # open window of spec (size, hop) starts at ((W - size) // hop + 1) * hop.
-        bound = min(((watermark - size) // hop + 1) * hop for size, hop in self.specs)
-        heap = self._pane_heap
-        while heap and heap[0] < bound:
+    def _ship(self, watermark: int, result: Stage1Result) -> None:
+        """Panes that ended at or before the watermark become partials and leave the state."""
+        heap, width = self._pane_heap, self.width
+        while heap and heap[0] + width <= watermark:
             ps = heapq.heappop(heap)
-            if self.panes.pop(ps, None) is not None:
-                self._evicted.append(ps)
-        for hop, blocks in self._blocks.items():
-            if blocks:
-                oldest_open = min(((watermark - size) // h + 1) * h for size, h in self.specs if h == hop)
-                for bs in [bs for bs in blocks if bs < oldest_open]:
-                    del blocks[bs]
+            pane = self.panes.pop(ps, None)
+            if pane is None:
+                continue
+            self._evicted.append(ps)
+            result.partials.extend([ps, tag, platform, *reach.to_list()] for (tag, platform), reach in pane.items())
 
     # ------------------------------------------------------------ changelog
     def delta(self) -> bytes:

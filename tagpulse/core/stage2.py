@@ -1,26 +1,28 @@
-"""Stage 2: merge per-partition partial windows into final windows (pure).
+"""Stage 2: merge per-partition pane partials and assemble final windows (pure).
 
 Stage 1 partitions posts by post id (so duplicates meet), which spreads one
-tag over every partition. Each stage-1 partition sends its share of a window
-(counts plus its author map) when its own watermark closes that window, and,
-in the same message, its new watermark. A window is final once every upstream
-partition has closed it; then the shares are merged (author maps by max
-followers, so an author posting in two partitions is counted once) and the row
-is emitted exactly once.
+tag over every partition. Each stage-1 partition sends its share of a
+1-minute pane (counts plus its author map) once its own watermark passes the
+pane's end, and, in the same message, its new watermark. Here, per tag
+partition, the shares are merged into one pane store (author maps by max
+followers, so an author posting in two partitions is counted once), and a
+window is assembled from the panes and emitted exactly once when it is final:
+when every upstream partition's watermark has passed its end.
 
 An upstream partition that never saw a post and reports itself idle does not
 hold windows back (Flink's idleness); one that never reported holds everything.
+Posts that reach a stage-1 partition after their pane was shipped arrive as
+*window shares*, for the windows still open at that partition only. A share
+that arrives for a window already final here (a partition that was idle and
+came back) is counted late for that window, never folded in.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from operator import itemgetter
 
 import orjson
 
-from tagpulse.core.windows import Reach
-
-_window_of = itemgetter(0, 1)
+from tagpulse.core.windows import PaneWindows, Reach, WindowSpec, window_starts
 
 
 @dataclass
@@ -36,17 +38,24 @@ class Stage2Result:
 
 
 class MergeState:
-    def __init__(self, partition: int, upstream_partitions: int):
+    def __init__(self, partition: int, upstream_partitions: int, specs: tuple[WindowSpec, ...]):
         self.partition = partition
         self.upstream_partitions = upstream_partitions
         self.offset = -1
         # upstream partition -> [watermark or None, idle]
         self.upstream: dict[int, list] = {}
         self.final_until: int | None = None
-        self.pending: dict[tuple[int, int, str, str], Reach] = {}
+        self.windows = PaneWindows(specs)
+        # (size, start, tag, platform) -> window share of posts that came after their pane
+        self.window_shares: dict[tuple, Reach] = {}
         # changes since the last delta()
         self._accepted: list[list] = []
-        self._removed: list[list] = []
+        self._accepted_windows: list[list] = []
+        self._evicted: list[int] = []
+
+    @property
+    def panes(self) -> dict:
+        return self.windows.panes
 
     def process(self, records: list[tuple[int, bytes]]) -> Stage2Result:
         result = Stage2Result()
@@ -54,36 +63,63 @@ class MergeState:
             if offset <= self.offset:
                 continue
             self.offset = offset
-            message = orjson.loads(value)
-            self._accept(message, result)
+            self._accept(orjson.loads(value), result)
         self._finalise(result)
         return result
 
     def _accept(self, message: dict, result: Stage2Result) -> None:
         final_until = self.final_until
-        for partial in message["rows"]:
-            size, start, tag, platform = partial[0], partial[1], partial[2], partial[3]
-            if final_until is not None and start + size <= final_until:
-                # Final already (the upstream partition was idle and came back): never reopen.
-                k = (tag, platform, size, start)
-                result.late[k] = result.late.get(k, 0) + partial[4]
-                continue
-            self._merge_partial(partial)
+        windows = self.windows
+        min_hop = windows.min_hop
+        for partial in message.get("rows", ()):
+            ps = partial[0]
+            # The first window to end after this pane ends at the next boundary of the smallest hop.
+            if final_until is not None and (ps // min_hop + 1) * min_hop <= final_until:
+                if not self._count_late(partial, final_until, result):
+                    continue  # every window holding the pane is final: nothing to keep
+            self._add(partial)
             self._accepted.append(partial)
+        for share in message.get("windows", ()):
+            size, start, tag, platform, posts = share[0], share[1], share[2], share[3], share[4]
+            if final_until is not None and start + size <= final_until:
+                k = (tag, platform, size, start)
+                result.late[k] = result.late.get(k, 0) + posts
+                continue
+            self._add_window_share(share)
+            self._accepted_windows.append(share)
         self.upstream[message["src"]] = [message["wm"], message["idle"]]
 
-    def _merge_partial(self, partial: list) -> None:
-        """partial comes straight from orjson.loads: its author map is ours to keep, no copy."""
-        size, start, tag, platform, posts, shares, impressions, engagement, authors = partial
-        key = (size, start, tag, platform)
-        known = self.pending.get(key)
+    def _count_late(self, partial: list, final_until: int, result: Stage2Result) -> bool:
+        """Count a share as late for its final windows; True when some window holding it is still open."""
+        ps, tag, platform, posts = partial[0], partial[1], partial[2], partial[3]
+        late = result.late
+        still_open = False
+        for size, hop in self.windows.specs:
+            for start in window_starts(ps, size, hop):
+                if start + size <= final_until:
+                    k = (tag, platform, size, start)
+                    late[k] = late.get(k, 0) + posts
+                else:
+                    still_open = True
+        return still_open
+
+    def _add(self, partial: list) -> None:
+        ps, tag, platform, posts, shares, impressions, engagement, authors = partial
+        # A copy: the pane merges later shares into its map, and `partial` is still
+        # to be written to the changelog as it arrived.
+        self.windows.add(ps, (tag, platform), Reach(posts, shares, impressions, engagement, dict(authors)))
+
+    def _add_window_share(self, share: list) -> None:
+        size, start, tag, platform, posts, shares, impressions, engagement, authors = share
+        reach = Reach(posts, shares, impressions, engagement, dict(authors))
+        known = self.window_shares.get((size, start, tag, platform))
         if known is None:
-            self.pending[key] = Reach(posts, shares, impressions, engagement, authors)
+            self.window_shares[(size, start, tag, platform)] = reach
         else:
-            known.merge(Reach(posts, shares, impressions, engagement, authors))
+            known.merge(reach)
 
     def frontier(self) -> int | None:
-        """The time up to which every upstream partition has closed its windows."""
+        """The time up to which every upstream partition has closed its panes."""
         if len(self.upstream) < self.upstream_partitions:
             return None
         marks = []
@@ -99,14 +135,9 @@ class MergeState:
         frontier = self.frontier()
         if frontier is None or (self.final_until is not None and frontier <= self.final_until):
             return
-        self.final_until = frontier
-        # Window order per key is what the spike detector needs; sorting on (size, start)
-        # only (stable) avoids comparing tag strings for every pending window.
-        ready = sorted((k for k in self.pending if k[0] + k[1] <= frontier), key=_window_of)
-        for key in ready:
-            size, start, tag, platform = key
-            result.rows.append(self.pending.pop(key).row(tag, platform, size, start))
-            self._removed.append(list(key))
+        old, self.final_until = self.final_until, frontier
+        result.rows.extend(self.windows.close(old, frontier, self.window_shares))
+        self._evicted.extend(self.windows.evict(frontier))
 
     def delta(self) -> bytes:
         body = {
@@ -114,9 +145,10 @@ class MergeState:
             "u": self.upstream,
             "f": self.final_until,
             "a": self._accepted,
-            "x": self._removed,
+            "w": self._accepted_windows,
+            "x": self._evicted,
         }
-        self._accepted, self._removed = [], []
+        self._accepted, self._accepted_windows, self._evicted = [], [], []
         return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
 
     def apply_delta(self, raw: bytes) -> None:
@@ -125,6 +157,13 @@ class MergeState:
         self.upstream = {int(k): v for k, v in body["u"].items()}
         self.final_until = body["f"]
         for partial in body["a"]:
-            self._merge_partial(partial)
-        for key in body["x"]:
-            self.pending.pop(tuple(key), None)
+            self._add(partial)
+        for share in body["w"]:
+            self._add_window_share(share)
+        final_until = self.final_until
+        if final_until is not None and self.window_shares:
+            for key in [k for k in self.window_shares if k[0] + k[1] <= final_until]:
+                del self.window_shares[key]  # emitted with its window already
+        evicted = set(body["x"])
+        if evicted:
+            self.windows.evict_panes(evicted)

@@ -11,6 +11,8 @@ windows it belongs to; windows are assembled from panes once, when they close.
 """
 from __future__ import annotations
 
+import heapq
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from math import gcd
 from typing import Iterable, Iterator
@@ -146,3 +148,201 @@ def windows_of_panes(pane_starts: Iterable[int], width: int, size: int, hop: int
             if start not in seen:
                 seen.add(start)
                 yield start
+
+
+Key = tuple[str, str]  # (tag, platform)
+
+
+def _window_order(row: dict) -> tuple[int, int]:
+    return row["window_size"], row["window_start"]
+
+
+class PaneWindows:
+    """Panes of per-(tag, platform) reach, and the windows assembled from them as they close.
+
+    Panes are tumbling buckets `pane_width(specs)` wide. Windows of a spec with a
+    hop wider than a pane are assembled from cached hop *blocks* (the panes of
+    [start, start + hop) merged), so a 24 h window costs at most 24 merges, not 1440.
+    """
+
+    def __init__(self, specs: Iterable[WindowSpec]):
+        self.specs = tuple(specs)
+        self.width = pane_width(self.specs)
+        self.min_hop = min(hop for _, hop in self.specs)
+        self.panes: dict[int, dict[Key, Reach]] = {}
+        self._heap: list[int] = []  # pane starts, for eviction oldest first
+        self._blocks: dict[int, dict[int, dict[Key, Reach]]] = {
+            hop: {} for hop in sorted({hop for _, hop in self.specs if hop != self.width})}
+
+    def add(self, ps: int, key: Key, reach: Reach) -> None:
+        """Merge reach into pane ps; the caller hands reach over (it is kept, not copied)."""
+        pane = self.panes.get(ps)
+        if pane is None:
+            pane = self.panes[ps] = {}
+            heapq.heappush(self._heap, ps)
+        for hop, blocks in self._blocks.items():
+            if blocks:
+                blocks.pop(ps - ps % hop, None)  # a block built earlier no longer holds the whole hop
+        known = pane.get(key)
+        if known is None:
+            pane[key] = reach
+        else:
+            known.merge(reach)
+
+    def oldest_needed(self, closed_to: int) -> int:
+        """The first pane start that some window ending after closed_to still contains."""
+        return min(((closed_to - size) // hop + 1) * hop for size, hop in self.specs)
+
+    def close(self, old: int | None, new: int, extras: dict[tuple, Reach] | None = None) -> list[dict]:
+        """Rows of the windows ending in (old, new] that hold at least one post.
+
+        `extras` maps (size, start, tag, platform) to a share of one window only
+        (posts that reached it after their pane); the ones of closing windows are
+        merged in and removed. Rows of one (tag, platform, size) come out in
+        window order (the spike detector needs that).
+        """
+        rows: list[dict] = []
+        extras = extras if extras else None
+        if self.panes:
+            pane_starts = None
+            for size, hop in self.specs:
+                if old is not None and new // hop == old // hop:
+                    continue  # window ends are multiples of the hop: none of this spec ended
+                if pane_starts is None:
+                    pane_starts = sorted(self.panes)
+                starts = self._closing_starts(pane_starts, size, hop, old, new)
+                if starts:
+                    self._close_spec(size, hop, starts, rows, extras)
+        if extras:
+            alone = [key for key in extras if key[0] + key[1] <= new]
+            if alone:
+                # Windows that only late shares reached: place them in window order.
+                for size, start, tag, platform in alone:
+                    rows.append(extras.pop((size, start, tag, platform)).row(tag, platform, size, start))
+                rows.sort(key=_window_order)
+        return rows
+
+    def evict(self, closed_to: int) -> list[int]:
+        """Drop panes (and blocks) no open window needs; returns the evicted pane starts."""
+        bound = self.oldest_needed(closed_to)
+        heap, evicted = self._heap, []
+        while heap and heap[0] < bound:
+            ps = heapq.heappop(heap)
+            if self.panes.pop(ps, None) is not None:
+                evicted.append(ps)
+        for hop, blocks in self._blocks.items():
+            if blocks:
+                oldest_open = min(((closed_to - size) // h + 1) * h for size, h in self.specs if h == hop)
+                for bs in [bs for bs in blocks if bs < oldest_open]:
+                    del blocks[bs]
+        return evicted
+
+    def evict_panes(self, pane_starts: Iterable[int]) -> None:
+        """Drop the given panes (replaying a changelog; the heap skips them lazily)."""
+        for ps in pane_starts:
+            self.panes.pop(ps, None)
+        for blocks in self._blocks.values():
+            blocks.clear()
+
+    def _close_spec(self, size: int, hop: int, starts: list[int], rows: list[dict],
+                    extras: dict[tuple, Reach] | None = None) -> None:
+        """Rows of the windows of one spec starting at `starts` (ascending).
+
+        Per key, the windows are walked in order over the key's non-empty blocks:
+        consecutive windows that hold the same blocks share one merge (and one row
+        body), and a window that only gains blocks extends a copy of the previous
+        one. A quiet tag's 24 overlapping day windows then cost one or two merges.
+        """
+        per_key: dict[Key, tuple[list[int], list[Reach]]] = {}
+        for bs in range(starts[0], starts[-1] + size, hop):
+            for key, reach in self._block(hop, bs).items():
+                entry = per_key.get(key)
+                if entry is None:
+                    per_key[key] = ([bs], [reach])
+                else:
+                    entry[0].append(bs)
+                    entry[1].append(reach)
+        append = rows.append
+        for (tag, platform), (block_starts, reaches) in per_key.items():
+            lo = hi = 0  # block index range of the previous window
+            merged: Reach | None = None
+            body: dict | None = None
+            n = len(block_starts)
+            for start in starts:
+                i = bisect_left(block_starts, start, lo)
+                j = bisect_left(block_starts, start + size, max(i, hi))
+                if i == j:
+                    continue
+                if merged is None or i != lo or j < hi:
+                    if j - i == 1:
+                        merged = reaches[i]  # read only below: no copy needed
+                    else:
+                        merged = Reach()
+                        for k in range(i, j):
+                            merged.merge(reaches[k])
+                    body = None
+                elif j > hi:
+                    merged = merged.copy()
+                    for k in range(hi, j):
+                        merged.merge(reaches[k])
+                    body = None
+                lo, hi = i, j
+                if extras is not None:
+                    extra = extras.pop((size, start, tag, platform), None)
+                    if extra is not None:
+                        alone = merged.copy()
+                        alone.merge(extra)
+                        append(alone.row(tag, platform, size, start))
+                        if i >= n:
+                            break
+                        continue
+                if body is None:
+                    body = merged.row(tag, platform, size, start)
+                    append(body)
+                else:
+                    row = body.copy()
+                    row["window_start"] = start
+                    row["window_end"] = start + size
+                    append(row)
+                if i >= n:
+                    break
+
+    def _block(self, hop: int, start: int) -> dict[Key, Reach]:
+        if hop == self.width:
+            return self.panes.get(start) or {}
+        blocks = self._blocks[hop]
+        block = blocks.get(start)
+        if block is None:
+            block = {}
+            for ps in range(start, start + hop, self.width):
+                pane = self.panes.get(ps)
+                if not pane:
+                    continue
+                for key, reach in pane.items():
+                    acc = block.get(key)
+                    if acc is None:
+                        block[key] = acc = Reach()
+                    acc.merge(reach)
+            blocks[start] = block
+        return block
+
+    @staticmethod
+    def _closing_starts(pane_starts: list[int], size: int, hop: int, old: int | None, new: int) -> list[int]:
+        """Starts of windows ending in (old, new] that hold at least one pane."""
+        first_pane, last_pane = pane_starts[0], pane_starts[-1]
+        lo_end = (old // hop + 1) * hop if old is not None else None
+        hi_end = (new // hop) * hop
+        starts: set[int] = set()
+        if lo_end is not None and (hi_end - lo_end) // hop + 1 <= len(pane_starts):
+            for end in range(lo_end, hi_end + 1, hop):
+                start = end - size
+                if start <= last_pane and end > first_pane:
+                    starts.add(start)
+        else:
+            # A long jump (idle advance of a replay): walk the panes instead of the clock.
+            for ps in pane_starts:
+                for start in window_starts(ps, size, hop):
+                    end = start + size
+                    if end <= new and (old is None or end > old):
+                        starts.add(start)
+        return sorted(starts)
