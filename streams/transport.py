@@ -18,6 +18,9 @@ class ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         # aiokafka passes this to its fetcher in start(), which has not run yet; Faust
         # offers no setting for it outside exactly_once.
+        if getattr(consumer, "_isolation_level", None) not in ("read_uncommitted", "read_committed"):
+            raise RuntimeError("aiokafka no longer keeps the isolation level in _isolation_level; "
+                               "streams/transport.py needs updating")
         consumer._isolation_level = "read_committed"
         return consumer
 
