@@ -20,6 +20,7 @@ _last_export = 0.0
 def start_worker_metrics(settings, watch=()) -> int | None:
     global _tags, _grace
     _tags = m.TagGauges(watch=watch)
+    m.init_spike_counters()
     _grace = float(settings.grace_s)
     # Several workers on one machine take the next free port; Prometheus scrapes base..base+3.
     for candidate in range(settings.worker_metrics_port, settings.worker_metrics_port + 4):

@@ -107,6 +107,19 @@ TAG_SPIKE_SCORE = _metric(Gauge, "tagpulse_tag_spike_score",
 SPIKES = _metric(Counter, "tagpulse_spikes_total", "Spikes raised by the detector", ["platform"])
 
 
+def init_spike_counters(platforms: Iterable[str] | None = None) -> None:
+    """Export tagpulse_spikes_total at 0 for every known platform.
+
+    A labelled counter appears on its first inc(), already at 1, and increase()/rate() need a previous
+    sample to see a rise: without this, the first spike of each platform in a worker's life would be
+    invisible to every rule that uses the counter.
+    """
+    if platforms is None:
+        from schemas.post import KNOWN_PLATFORMS as platforms
+    for platform in sorted(platforms):
+        SPIKES.labels(platform=platform)
+
+
 # ----------------------------------------------------------------------------- bounded invalid reasons
 MAX_INVALID_REASONS = 20
 _reasons_seen: set[str] = set()
@@ -195,15 +208,22 @@ class TagGauges:
     Keeps the latest closed 1-minute and 1-hour window per tag (event time), and the latest spike score
     per tag for an hour; `export()` writes the gauges for `TopTags.select(...)` plus "_other" and removes
     label sets that dropped out. Feeding is pure bookkeeping; only `export()` touches the registry.
+
+    A spike leaves the score gauge only when it is an hour old in event time *and* has been shown for
+    `spike_hold_s` of wall time (`wall`, injectable for tests). Live, both clocks agree; in a replay or a
+    catch-up, event time runs hours per second and a spike would vanish before any scrape saw it, so
+    ViralSpike would never fire (docs/metrics.md).
     """
 
     def __init__(self, watch: Iterable[str] = (), top_n: int = 50, spiking: int = 10, minute: int = 60,
-                 hour: int = 3600):
+                 hour: int = 3600, spike_hold_s: float = 3600.0, wall=time.monotonic):
         self.top = TopTags(frozenset(watch), top_n, spiking)
         self.minute, self.hour = minute, hour
+        self.spike_hold_s, self.wall = float(spike_hold_s), wall
         self.minute_windows: dict[str, _TagWindow] = {}
         self.hour_windows: dict[str, _TagWindow] = {}
-        self.spikes: dict[str, tuple[float, float]] = {}  # tag -> (score, event time detected)
+        # tag -> (score, event time detected, wall time raised)
+        self.spikes: dict[str, tuple[float, float, float]] = {}
         self.clock = 0  # latest window end seen (event time): "the last hour" is relative to the data
         self._exported: set[str] = set()
 
@@ -229,14 +249,15 @@ class TagGauges:
         SPIKES.labels(platform=platform).inc()
         old = self.spikes.get(tag)
         if old is None or detected_at >= old[1]:
-            self.spikes[tag] = (float(score), float(detected_at))
+            self.spikes[tag] = (float(score), float(detected_at), self.wall())
 
     def _expire(self) -> None:
         horizon = self.clock - self.hour
         for table in (self.minute_windows, self.hour_windows):
             for tag in [t for t, w in table.items() if w.end <= horizon]:
                 del table[tag]
-        for tag in [t for t, (_, at) in self.spikes.items() if at <= horizon]:
+        shown_since = self.wall() - self.spike_hold_s
+        for tag in [t for t, (_, at, raised) in self.spikes.items() if at <= horizon and raised <= shown_since]:
             del self.spikes[tag]
 
     def snapshot(self) -> dict[str, dict[str, float]]:
@@ -244,7 +265,7 @@ class TagGauges:
         self._expire()
         hour = {t: w.totals() for t, w in self.hour_windows.items()}
         minute = {t: w.totals()[0] for t, w in self.minute_windows.items()}
-        scores = {t: s for t, (s, _) in self.spikes.items()}
+        scores = {t: s for t, (s, _, _) in self.spikes.items()}
         chosen = self.top.select({t: v[0] for t, v in hour.items()}, scores)
         return {
             "posts_per_minute": TopTags.fold(minute, chosen),

@@ -83,7 +83,8 @@ def _row(tag, platform, size, end, posts, reach, impressions):
 
 
 def test_tag_gauges_snapshot_bounds_labels_and_expires():
-    g = TagGauges(watch={"kai"}, top_n=1)
+    wall = [1000.0]
+    g = TagGauges(watch={"kai"}, top_n=1, wall=lambda: wall[0])
     g.add_window(_row("big", "mastodon", 3600, 7200, 100, 1000, 5000))
     g.add_window(_row("big", "bluesky", 3600, 7200, 50, 10, 20))
     g.add_window(_row("small", "mastodon", 3600, 7200, 3, 30, 40))
@@ -95,11 +96,42 @@ def test_tag_gauges_snapshot_bounds_labels_and_expires():
     assert snap["posts_per_minute"] == {"big": 4.0, "kai": 0.0, OTHER_TAG: 0.0}
     g.add_spike("small", "mastodon", 2.5, detected_at=7200)
     assert g.snapshot()["spike_score"]["small"] == 2.5  # a spiking tag gets its own label
-    # An hour later (event time) every window above has expired.
+    # An hour later (event time) every window above has expired …
     g.add_window(_row("late", "mastodon", 3600, 7200 + 3600, 1, 1, 1))
+    snap = g.snapshot()
+    assert set(snap["impressions_1h"]) == {"late", "kai", "small", OTHER_TAG}
+    # … but the spike stays until it has also been shown for an hour of wall time (a replay runs
+    # hours of event time per second; Prometheus must get to scrape it).
+    assert snap["spike_score"]["small"] == 2.5
+    wall[0] += 3599
+    assert g.snapshot()["spike_score"]["small"] == 2.5
+    wall[0] += 1
     snap = g.snapshot()
     assert set(snap["impressions_1h"]) == {"late", "kai", OTHER_TAG}
     assert snap["spike_score"]["late"] == 0.0
+
+
+def test_spike_score_live_leaves_after_an_hour_of_event_time():
+    """Live data: an hour of wall time has passed by the time event time moved an hour on."""
+    wall = [0.0]
+    g = TagGauges(top_n=0, wall=lambda: wall[0])
+    g.add_window(_row("kai", "twitter", 3600, 7200, 40, 1, 1))
+    g.add_spike("kai", "twitter", 3.5, detected_at=7200)
+    wall[0] = 1800.0
+    g.add_window(_row("other", "twitter", 3600, 7200 + 1800, 1, 1, 1))
+    assert g.snapshot()["spike_score"]["kai"] == 3.5
+    wall[0] = 3600.0
+    g.add_window(_row("other", "twitter", 3600, 7200 + 3600, 1, 1, 1))
+    assert "kai" not in g.snapshot()["spike_score"]
+
+
+def test_spike_counter_starts_at_zero_for_every_platform(tmp_path):
+    """increase() needs a sample before the first spike, so the counter is exported at 0 up front."""
+    metrics.init_spike_counters({"mastodon", "bluesky"})
+    port = metrics.start_metrics_server(0)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'tagpulse_spikes_total{platform="mastodon"}' in body
+    assert 'tagpulse_spikes_total{platform="bluesky"}' in body
 
 
 def test_endpoint_serves_the_exported_tags(tmp_path):

@@ -228,3 +228,39 @@ def test_prune_forgets_only_decayed_keys():
     detector.observe_many(rows)
     assert detector.prune(now=T0 + 5 * 86400) == 1
     assert list(detector.keys) == [("alive", "twitter", 3600)]
+
+
+def _campaign_keys(posts) -> tuple[set, set]:
+    """(keys the campaign's posts carry, keys fed only by flat background streams) of `simulate einbuchfuerkai`."""
+    campaign_tags = {"einbuchfuerkai", "einbildfuerkai"}
+    every, campaign = set(), set()
+    for post in posts:
+        keys = {(tag, post["platform"]) for tag in post["hashtags"]}
+        every |= keys
+        if campaign_tags & set(post["hashtags"]):
+            campaign |= keys
+    return campaign, every - campaign
+
+
+def test_simulated_campaign_fires_within_its_first_hour_and_flat_tags_stay_silent():
+    """Issue 7's done-when on `tagpulse simulate einbuchfuerkai` itself (the stream the demo replays), windowed
+    like the pipeline; tests/test_spike_alert_e2e.py runs the same stream through the live worker."""
+    from producers.simulate import TAKEOFF, simulate_einbuchfuerkai
+    from tagpulse.core.stage1 import epoch_seconds
+    from tagpulse.core.windows import oracle_windows
+
+    unique = {}
+    for post in simulate_einbuchfuerkai(seed=0):
+        unique.setdefault((post["platform"], post["post_id"]), post)
+    rows = oracle_windows(((epoch_seconds(p["created_at"]), p) for p in unique.values()), [(3600, 300)])
+    rows.sort(key=lambda r: (r["window_end"], r["tag"], r["platform"]))
+    spikes = SpikeDetector().observe_many(rows)
+    for platform in ("twitter", "facebook"):
+        first = min(s.detected_at for s in spikes if (s.tag, s.platform) == ("einbuchfuerkai", platform))
+        assert TAKEOFF < first <= TAKEOFF + HOUR, platform
+    campaign, flat = _campaign_keys(unique.values())
+    assert len(flat) >= 8
+    assert not {(s.tag, s.platform) for s in spikes} & flat
+    # Tags riding in the campaign's tweets (#buchtipp, #Kinderbuch) may spike with it; nothing else does.
+    assert {(s.tag, s.platform) for s in spikes} <= campaign
+    assert not [s for s in spikes if s.platform == "instagram"]
