@@ -437,6 +437,14 @@ class SpikeDetector:
         variance = max(state.var * fraction, expected)
         expected_authors = max((state.authors + state.authors_trend) * fraction, cfg.min_expected)
         authors_var = max(state.authors_var * fraction, expected_authors)
+        if posts < cfg.min_posts or authors < cfg.min_authors:
+            # Below the floors nothing fires; only `level` matters (it re-arms a key after a
+            # spike). Most rows of a busy stream end here, so skip the other scores.
+            z = z_score(posts, expected, variance)
+            level = z >= cfg.z_min and poisson_eta(posts, expected, cfg.confidence) >= cfg.eta_min
+            return _Scores(posts=posts, authors=authors, expected=expected, sigma=math.sqrt(variance),
+                           expected_authors=expected_authors, eta=0.0, z=z, author_score=0.0, authors_z=0.0,
+                           level=level)
         s = _Scores(
             posts=posts, authors=authors, expected=expected, sigma=math.sqrt(variance),
             expected_authors=expected_authors,
