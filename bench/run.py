@@ -26,6 +26,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -145,12 +146,26 @@ def run_e2e(ns: Namespace, workers: int, total_posts: int, unique_posts: int, po
 
         t0, msgs_at_t0 = wait_for(first_commit, 180, "the first committed batch", step=0.1, pipeline=pipeline)
         drained = {}
+        samples: list[tuple[float, float, float]] = []  # (t, posts rows, window rows) as the sink counts them
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.wait(0.5):
+                posts = ns.sink_metric("tagpulse_sink_rows_total", "posts") or 0.0
+                windows = ns.sink_metric("tagpulse_sink_rows_total", "reach_windows") or 0.0
+                samples.append((time.time(), posts, windows))
 
         def progress(raw_backlog, lagging):
             if raw_backlog == 0 and "at" not in drained:
                 drained["at"] = time.time()
 
-        asyncio.run(wait_until_final(ns.settings, timeout=timeout, pipeline=pipeline, on_progress=progress))
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            asyncio.run(wait_until_final(ns.settings, timeout=timeout, pipeline=pipeline, on_progress=progress))
+        finally:
+            sampling.set()
+            sampler.join()
         last_windows = ns.sink_metric("tagpulse_sink_last_insert_timestamp_seconds", "reach_windows") or time.time()
         last_posts = ns.sink_metric("tagpulse_sink_last_insert_timestamp_seconds", "posts") or time.time()
         t_end = max(last_windows, last_posts)
@@ -165,11 +180,26 @@ def run_e2e(ns: Namespace, workers: int, total_posts: int, unique_posts: int, po
             "unique_posts_in_clickhouse": int(counts[0]), "window_rows_in_clickhouse": int(counts[1]),
             "late_events": int(counts[2] or 0), "peak_rss_mb": rss,
         }
+        out["timeline_s"] = timeline(samples, t0, drained.get("at"), unique_posts, int(counts[1]))
         # A fast wrong answer is no answer: say loudly when ClickHouse does not hold every unique post.
         out["exact_posts"] = out["unique_posts_in_clickhouse"] == unique_posts and out["late_events"] == 0
         return out
     finally:
         pipeline.stop()
+
+
+def timeline(samples, t0: float, drained_at: float | None, posts: int, windows: int) -> dict:
+    """Seconds after t0 at which the raw topic was drained and ClickHouse reached shares of the rows."""
+    def first(column: int, target: float):
+        return next((round(t - t0, 1) for t, *counts in samples if counts[column] >= target), None)
+
+    return {
+        "raw_drained": None if drained_at is None else round(drained_at - t0, 1),
+        "posts_all": first(0, posts),
+        "windows_10pct": first(1, 0.1 * windows),
+        "windows_50pct": first(1, 0.5 * windows),
+        "windows_all": first(1, windows),
+    }
 
 
 def _sink_up(ns: Namespace) -> bool:
