@@ -88,6 +88,15 @@ def test_unicode_and_sql_strings_are_kept_as_their_canonical_keys():
         assert canonical_tag(text) == text.casefold()
 
 
+def test_the_command_has_help(capsys):
+    from tagpulse.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["hostile", "--help"])
+    assert exit_info.value.code == 0
+    assert "--messages" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- the real pipeline
 @pytest.mark.integration
 def test_hostile_input_through_the_real_pipeline(namespace_settings, tmp_path, monkeypatch):
@@ -109,3 +118,4 @@ def test_hostile_input_through_the_real_pipeline(namespace_settings, tmp_path, m
     assert figures["dead_letter_raw_max_bytes"] <= MAX_DEAD_LETTER_RAW
     # Not a benchmark: a guard against growth with the input (a few ~1 MB messages are in the mix).
     assert figures["worker_peak_rss_bytes"] is None or figures["worker_peak_rss_bytes"] < 1 << 30
+
