@@ -92,7 +92,8 @@ class Message:
     def key(self) -> bytes | None:
         if self.value is None:
             return b"tombstone"  # Kafka takes a null value only with a key
-        return post_key(self.posts[0]) if len(self.posts) == 1 and self.cls != "batch" else None
+        single = self.cls not in ("batch", "mixed_batch") and len(self.posts) == 1
+        return post_key(self.posts[0]) if single else None
 
 
 @dataclass
@@ -131,11 +132,6 @@ def post_partition(post: dict, partitions: int) -> int:
 
 def iso(t: int) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def reason_class(reason: str) -> str:
-    """'wrong_type:author_followers' -> 'wrong_type': the family a reason belongs to."""
-    return reason.split(":", 1)[0]
 
 
 # --------------------------------------------------------------------------- building blocks
