@@ -46,6 +46,8 @@ def stage1(partition, result, state) -> None:
         m.count_invalid(row["reason"])
     if result.dead_letters:
         m.DEAD_LETTERS.labels(stage="worker").inc(len(result.dead_letters))
+    if result.skipped:
+        m.SKIPPED.inc(result.skipped)
     if state.watermark is not None:
         m.WATERMARK_LAG.labels(partition=str(partition)).set(time.time() - state.watermark)
     m.STATE_ENTRIES.labels(kind="dedup_keys").set(len(state.dedup))

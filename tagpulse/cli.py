@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "ingest": "tagpulse.commands.ingest",
     "backtest": "tagpulse.commands.backtest",
     "faults": "tagpulse.commands.faults",
+    "hostile": "tagpulse.commands.hostile",
 }
 
 

@@ -45,6 +45,8 @@ LATE_EVENTS = _metric(Counter, "tagpulse_late_events_total",
 INVALID = _metric(Counter, "tagpulse_invalid_total", "Records rejected as invalid, by bounded reason", ["reason"])
 DEAD_LETTERS = _metric(Counter, "tagpulse_dead_letters_total", "Records written to the dead-letter topic",
                        ["stage"])
+SKIPPED = _metric(Counter, "tagpulse_skipped_total",
+                  "Well-formed records that are deliberately not posts (deletes, edits, stream notices)")
 WATERMARK_LAG = _metric(Gauge, "tagpulse_watermark_lag_seconds",
                         "Wall clock minus the event-time watermark of a raw partition (huge for replays of old data)",
                         ["partition"])

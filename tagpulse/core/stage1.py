@@ -149,23 +149,10 @@ class DedupWindowState:
         return result
 
     def _process_value(self, value: bytes, where: str, result: Stage1Result) -> None:
-        try:
-            decoded = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            result.dead_letters.append(_dead_letter(value, f"invalid_json: {exc}", where))
-            return
-        items = decoded if isinstance(decoded, list) else [decoded]
-        decode = self._decode
-        valid: list[dict] = []
-        for index, item in enumerate(items):
-            try:
-                posts = decode(item)
-            except RecordError as exc:
-                result.dead_letters.append(_dead_letter(item, exc.reason, f"{where}#{index}"))
-                continue
-            if not posts:
-                result.skipped += 1
-            valid.extend(posts)
+        valid, dead_letters, skipped = _decode_value(value, where, self._decode)
+        if dead_letters:
+            result.dead_letters += dead_letters
+        result.skipped += skipped
         if not valid:
             return
         # One vectorised dedup lookup for the whole message instead of one per post.
@@ -349,12 +336,6 @@ def _default_decode():
     return decode_record
 
 
-def _dead_letter(raw, reason: str, where: str) -> dict:
-    if isinstance(raw, (bytes, bytearray)):
-        size = len(raw)
-        text = bytes(raw[:65536]).decode("utf-8", "replace")
-    else:
-        text_full = orjson.dumps(raw, option=orjson.OPT_NON_STR_KEYS).decode() if not isinstance(raw, str) else raw
-        size = len(text_full)
-        text = text_full[:65536]
-    return {"stage": "worker", "reason": reason, "raw": text, "raw_bytes": size, "source": where}
+def _decode_value(value: bytes, where: str, decode) -> tuple[list[dict], list[dict], int]:
+    from tagpulse.core.decode import decode_value
+    return decode_value(value, where, decode)
