@@ -88,7 +88,10 @@ def test_dead_letter_raw_is_bounded_in_bytes_and_cut_between_characters():
 
 def test_a_post_from_the_future_would_hold_the_watermark_hostage_so_it_is_refused(monkeypatch):
     monkeypatch.setattr(decode, "_clock", lambda: 1432112400.0)  # 2015-05-20T09:00:00Z
+    # Both halves of the once-per-second cache, so teardown restores a consistent pair: restoring
+    # only the second left the 2015 bound cached for the rest of that second, for later tests.
     monkeypatch.setattr(decode, "_future_second", -1)
+    monkeypatch.setattr(decode, "_future_bound", "")
     state = DedupWindowState(0, SPECS, 10, 7 * 86400)
     soon = good_post(1, created_at="2015-05-20T09:09:59Z")
     future = good_post(2, created_at="2015-05-20T09:10:01Z")
