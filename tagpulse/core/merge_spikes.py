@@ -21,13 +21,19 @@ class MergeWithSpikes(MergeState):
     def __init__(self, partition: int, upstream_partitions: int, specs, spike_config: SpikeConfig | None = None):
         super().__init__(partition, upstream_partitions, specs)
         self.detector = SpikeDetector(spike_config or SpikeConfig())
+        self._sizes = frozenset(size for size, _ in self.detector.config.windows)
         self._touched: set[tuple[str, str, int]] = set()
 
     def process(self, records) -> Stage2Result:
         result = super().process(records)
         spikes = []
         detector = self.detector
+        # Most rows are of sizes the detector does not score (the 24 overlapping day windows
+        # of every tag): skip them before any per-row work.
+        sizes = self._sizes
         for row in result.rows:
+            if row["window_size"] not in sizes:
+                continue
             spike = detector.observe(row)
             self._touched.add((row["tag"], row["platform"], row["window_size"]))
             if spike is not None:
