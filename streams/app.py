@@ -74,21 +74,36 @@ raw_topic = app.topic(topics.raw, value_serializer="raw", key_serializer="raw", 
 partial_topic = app.topic(topics.partial_windows, value_serializer="raw", key_serializer="raw", acks=False)
 
 
+class NotOwned(Exception):
+    """The partition is not ours (any more): its records are someone else's to process."""
+
+
 class Stage:
-    """Owns the PartitionTasks of one stage in this worker."""
+    """Owns the PartitionTasks of one stage in this worker.
+
+    `owned` is the set of partitions the consumer group gave us, kept by our own
+    rebalance callbacks. A task is only opened for an owned partition: opening a
+    task initialises the partition's transactional producer, which fences every
+    other producer of that partition — including our own task of the same
+    partition that a revocation is still closing (an idle-timer tick or a
+    buffered batch during a rebalance did exactly that, then crashed the worker).
+    """
 
     def __init__(self, name: str, source_topic: str, changelog_topic: str, make_state):
         self.name = name
         self.source_topic = source_topic
         self.changelog_topic = changelog_topic
         self.make_state = make_state
+        self.owned: set[int] = set()
         self.tasks: dict[int, PartitionTask] = {}
-        self._opening: dict[int, asyncio.Task] = {}
+        self._opening: dict[int, asyncio.Future] = {}
 
     async def task(self, partition: int) -> PartitionTask:
         task = self.tasks.get(partition)
         if task is not None:
             return task
+        if partition not in self.owned:
+            raise NotOwned(f"{self.name} partition {partition}")
         opening = self._opening.get(partition)
         if opening is None:
             opening = self._opening[partition] = asyncio.ensure_future(PartitionTask.open(
@@ -99,10 +114,18 @@ class Stage:
             task = await opening
         finally:
             self._opening.pop(partition, None)
+        if partition not in self.owned:  # revoked while its state was being restored
+            await task.close()
+            raise NotOwned(f"{self.name} partition {partition}")
         self.tasks[partition] = task
         return task
 
     async def drop(self, partition: int) -> None:
+        # No longer owned first, so nothing reopens the partition while its batch finishes.
+        self.owned.discard(partition)
+        opening = self._opening.get(partition)
+        if opening is not None:
+            await asyncio.wait([opening])  # task() sees the revocation and closes what it opened
         task = self.tasks.pop(partition, None)
         if task is not None:
             async with task.lock:
@@ -230,24 +253,22 @@ def _group(events) -> dict[int, list[tuple[int, bytes]]]:
     return by_partition
 
 
-def _assigned(topic: str) -> set[int]:
-    return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
-
-
 async def _run_batch(runner, stage: Stage, events) -> None:
     groups = _group(events)
     # Events fetched before a rebalance may still sit in the stream buffer. Processing
     # them would open the partition here again and fence its new owner mid-batch, so
     # records of partitions we no longer own are dropped: the owner reads them itself.
-    owned = _assigned(stage.source_topic)
-    for partition in [p for p in groups if p not in owned]:
+    for partition in [p for p in groups if p not in stage.owned]:
         del groups[partition]
     results = await asyncio.gather(*(runner(p, recs) for p, recs in groups.items()), return_exceptions=True)
     for partition, outcome in zip(groups, results):
+        if isinstance(outcome, NotOwned):
+            continue  # revoked while the batch waited: the new owner reads these records
         if isinstance(outcome, PartitionLost):
             log.warning("%s", outcome)
+            still_owned = partition in stage.owned
             await stage.drop(partition)
-            if partition in _assigned(stage.source_topic):
+            if still_owned:
                 # Fenced while the group still gives us the partition: the records of
                 # this batch are consumed but not committed. Only a restart (from the
                 # committed offset) reads them again, so crash rather than skip them.
@@ -279,13 +300,14 @@ async def merge_windows(stream):
 async def advance_idle_partitions():
     now = time.time()
     try:
-        assigned = [tp.partition for tp in app.consumer.assignment() if tp.topic == topics.raw]
+        report_consumer_lag()
     except Exception:  # consumer not started yet
         return
-    report_consumer_lag()
-    for partition in assigned:
+    for partition in sorted(stage1.owned):
         try:
             await idle_stage1(partition, now)
+        except NotOwned:
+            pass  # revoked meanwhile
         except PartitionLost as exc:
             log.warning("%s", exc)
             await stage1.drop(partition)
@@ -315,12 +337,11 @@ async def on_revoked(app, revoked, **kwargs):
 
 @app.on_partitions_assigned.connect
 async def on_assigned(app, assigned, **kwargs):
-    # Drop tasks for partitions we no longer own (assignment replaces, not adds).
-    owned = {(tp.topic, tp.partition) for tp in assigned}
+    # The assignment replaces, not adds: drop tasks for partitions we no longer own.
     for stage in (stage1, stage2):
-        for partition in list(stage.tasks):
-            if (stage.source_topic, partition) not in owned:
-                await stage.drop(partition)
+        stage.owned = {tp.partition for tp in assigned if tp.topic == stage.source_topic}
+        for partition in [p for p in stage.tasks if p not in stage.owned]:
+            await stage.drop(partition)
 
 
 @app.on_worker_init.connect
