@@ -21,6 +21,7 @@ import time
 import faust
 import orjson
 
+from streams.isolation import read_committed
 from streams.partition_tasks import PartitionLost, PartitionTask, pack_json_arrays, tag_partition
 from tagpulse import config
 from tagpulse.kafka_security import faust_credentials
@@ -48,6 +49,7 @@ _load_aliases()
 TAKE_MESSAGES = int(os.environ.get("TAGPULSE_TAKE_MESSAGES", "200"))
 TAKE_WITHIN_S = float(os.environ.get("TAGPULSE_TAKE_WITHIN", "0.2"))
 
+read_committed()  # stage 2 must not merge partials of aborted stage-1 transactions
 app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap}",

@@ -1,4 +1,4 @@
-"""The fault suite (tagpulse/faults.py): its pure parts without I/O, and the
+"""The fault suite (tagpulse/faults.py): its pure parts without I/O, the bug it found, and the
 whole suite at small scale against a real broker, real workers and the real sink."""
 from __future__ import annotations
 
@@ -152,6 +152,51 @@ def test_broker_restart_needs_the_suites_own_broker():
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "broker-restart stops and starts the suite's own broker" in result.stderr
+
+
+# ----------------------------------------------------------------------------- the bug the suite found
+@pytest.mark.integration
+def test_stage2_ignores_partials_of_aborted_transactions(namespace_settings, tmp_path):
+    """A worker killed mid-transaction leaves partial windows in an aborted transaction;
+    stage 2 must not merge them (Faust reads uncommitted records unless told otherwise)."""
+    import asyncio
+
+    import orjson
+    from aiokafka import AIOKafkaProducer
+
+    from streamkit import Worker, produce_posts, read_all, run, worker_env
+    from streams.partition_tasks import tag_partition
+
+    settings = namespace_settings
+    posts, arrivals = faults.synthetic_replay(1500, seed=12)
+    expected = faults.expected_windows(posts, settings.windows)
+    tag, platform, size, start = next(key for key in expected if key[2] == 60)
+
+    async def aborted_partial():
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id="ghost-stage1")
+        await producer.start()
+        try:
+            await producer.begin_transaction()
+            ghost = {"src": 0, "wm": None, "idle": False,
+                     "rows": [[size, start, tag, platform, 1000, 0, 0, 0, {"ghost-author": 1}]]}
+            await producer.send_and_wait(settings.topics.partial_windows, orjson.dumps(ghost),
+                                         partition=tag_partition(tag, settings.partitions))
+            await producer.abort_transaction()
+        finally:
+            await producer.stop()
+
+    asyncio.run(aborted_partial())
+    run(produce_posts(settings.kafka_bootstrap, settings.topics.raw, arrivals, settings.partitions))
+    worker = Worker(worker_env(settings, settings.topics.namespace), tmp_path / "worker.log").start()
+    try:
+        rows = run(read_all(settings.kafka_bootstrap, settings.topics.windows,
+                            until=lambda r: len(r) >= len(expected)))
+        late = run(read_all(settings.kafka_bootstrap, settings.topics.late, quiet_s=1))
+    finally:
+        worker.stop()
+    assert late == []
+    stored = faults.compare(expected, [(faults.window_key(r), faults.window_values(r)) for r in rows])
+    assert stored.exact, stored.examples
 
 
 # ----------------------------------------------------------------------------- the whole suite
