@@ -724,7 +724,7 @@ async def run_scenario(name: str, broker: Broker, workdir: Path, replay, expecte
     except Exception as exc:
         report.error = f"{type(exc).__name__}: {exc}"
     finally:
-        await asyncio.to_thread(h.shutdown)
+        h.shutdown()  # blocking on purpose: also on Ctrl-C (a cancelled task), no process may be left behind
         report.restarts, report.crashes, report.peak_rss_mb = h.restarts, h.crashes, h.peak
         report.seconds = time.monotonic() - started
         if not broker.running():  # a failed broker scenario must not take the next one down with it
