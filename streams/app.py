@@ -53,6 +53,9 @@ app = App(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap}",
     store="memory://",
+    # Faust's own data folder (it keeps no state of ours) under TAGPULSE_HOME, not in whatever
+    # directory the worker was started from.
+    datadir=os.environ.get("APP_DATADIR") or str(settings.home / "faust-data"),
     web_enabled=False,
     topic_partitions=settings.partitions,
     topic_replication_factor=1,
