@@ -21,6 +21,8 @@ import time
 import numpy as np
 import orjson
 
+from tagpulse.pipeline import peak_rss_mb
+
 BATCH = 100_000  # keys per stream batch (≈ one worker transaction at full speed)
 
 
@@ -29,17 +31,6 @@ def rss_mb() -> float:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def peak_rss_mb(pid: int | str = "self") -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
     return 0.0
 
 

@@ -35,8 +35,8 @@ from pathlib import Path
 import orjson
 
 from bench import kafka_io
-from bench.dedup_state import peak_rss_mb
 from bench.generate import synthetic_arrivals
+from tagpulse.pipeline import peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"

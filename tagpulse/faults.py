@@ -34,6 +34,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tagpulse.pipeline import peak_rss_mb
+
 SCALES = {"small": 12_000, "full": 200_000}
 SCENARIOS = ("worker-kill", "rebalance", "broker-restart", "sink-kill", "sink-outage")
 SCENARIO_HELP = {
@@ -312,20 +314,6 @@ def load_settings(env: dict):
 
     with patched_environ(env):
         return config.load()
-
-
-def peak_rss_mb(pid: int | None) -> float:
-    """VmHWM (peak resident set) of a live process, 0 when it is gone."""
-    if not pid:
-        return 0.0
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
 
 
 # ============================================================================ shell: the broker

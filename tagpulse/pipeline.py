@@ -185,3 +185,17 @@ async def wait_until_final(settings, timeout: float = 600.0, pipeline: Pipeline 
             raise TimeoutError(f"pipeline not final after {timeout:.0f}s "
                                f"(raw backlog {raw_backlog}, downstream lag {lagging})")
         await asyncio.sleep(0.5)
+
+
+def peak_rss_mb(pid: int | str | None = "self") -> float:
+    """VmHWM (the highest resident set size) of a live process in MiB; 0 when it is gone."""
+    if not pid:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0

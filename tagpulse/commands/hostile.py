@@ -66,17 +66,6 @@ async def produce(settings, messages) -> list[tuple[int, int]]:
     return offsets
 
 
-def peak_rss_bytes(pid: int) -> int | None:
-    """VmHWM: the highest resident set size the process has had."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def worker_counter(port: int, name: str) -> float:
     import urllib.request
 
@@ -141,7 +130,7 @@ def run_hostile(settings, *, bad: int, valid: int, seed: int, run_dir: Path, tim
 
         asyncio.run(pipeline.wait_until_final(settings, timeout=timeout, pipeline=pipe, on_progress=progress))
         process_s = time.monotonic() - t
-        peak_rss = peak_rss_bytes(worker_pid)
+        peak_rss = round(pipeline.peak_rss_mb(worker_pid) * 1024 * 1024) or None
         alive = worker.alive() and worker.pid == worker_pid
         metrics_port = settings.worker_metrics_port
         skipped = worker_counter(metrics_port, "tagpulse_skipped_total")
