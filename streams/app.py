@@ -27,6 +27,7 @@ from tagpulse import config
 from tagpulse.kafka_security import faust_credentials
 from tagpulse.core.stage1 import DedupWindowState
 from tagpulse.core.merge_spikes import MergeWithSpikes
+from tagpulse.core.windows import IncompatibleState
 
 log = logging.getLogger("tagpulse.streams")
 
@@ -280,11 +281,20 @@ async def _run_batch(runner, stage: Stage, events) -> None:
             fatal(f"{stage.name} partition {partition} failed", outcome)
 
 
+# Exit codes: 70 = crashed, a restart resumes exactly; 78 = the stored state cannot be continued by this
+# version, restarting would only fail again (tagpulse worker does not restart on it).
+EXIT_CRASHED, EXIT_INCOMPATIBLE_STATE = 70, 78
+
+
 def fatal(what: str, exc: BaseException) -> None:
     """Crash the worker: every effect is transactional, so a restart resumes exactly."""
+    if isinstance(exc, IncompatibleState):
+        log.critical("%s", exc)
+        logging.shutdown()
+        os._exit(EXIT_INCOMPATIBLE_STATE)
     log.critical("%s: %r — exiting so the worker restarts from committed state", what, exc, exc_info=exc)
     logging.shutdown()
-    os._exit(70)
+    os._exit(EXIT_CRASHED)
 
 
 @app.agent(raw_topic)

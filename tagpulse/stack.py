@@ -685,6 +685,28 @@ def stop(settings, timeout: float = 30.0) -> list[str]:
 down = stop
 
 
+def reset(settings) -> list[str]:
+    """Stop the stack and delete what this home stores: Kafka's log dir (every topic, offset and changelog),
+    the embedded ClickHouse directory when it lies inside the home, Prometheus data and Faust's folder.
+    Settings such as tag aliases stay."""
+    from sinks.clickhouse import embedded_path
+
+    lines = stop(settings)
+    home = settings.home.resolve()
+    targets = [settings.data_dir, settings.home / "faust-data"]
+    chdb = embedded_path(settings.clickhouse_url)
+    if chdb is not None:
+        if chdb.resolve().is_relative_to(home):
+            targets.append(chdb)
+        else:
+            lines.append(f"clickhouse: {chdb} is outside {home}; left as it is")
+    for path in targets:
+        if path.exists():
+            shutil.rmtree(path)
+            lines.append(f"deleted {path}")
+    return lines
+
+
 def status(settings) -> dict:
     """What runs for this home, where, and what is missing."""
     components = {}

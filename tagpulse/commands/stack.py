@@ -1,4 +1,4 @@
-"""`tagpulse stack up | down | status`: the local Kafka broker, Prometheus and Alertmanager."""
+"""`tagpulse stack up | down | status | reset`: the local Kafka broker, Prometheus and Alertmanager."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,11 @@ HELP = "start, stop or inspect the local stack (Kafka KRaft broker, Prometheus, 
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("action", choices=["up", "down", "status"],
+    parser.add_argument("action", choices=["up", "down", "status", "reset"],
                         help="up: start what is not running and create the topics; down: stop (data is kept); "
-                             "status: what runs, where, what is missing")
+                             "status: what runs, where, what is missing; reset: stop and delete the home's data "
+                             "(topics, state, embedded ClickHouse; needs --yes)")
+    parser.add_argument("--yes", action="store_true", help="reset: yes, delete the data")
     parser.add_argument("--no-prometheus", action="store_true",
                         help="up: start Kafka only, not Prometheus/Alertmanager")
     parser.add_argument("--json", action="store_true", help="status: print JSON")
@@ -31,6 +33,13 @@ def run(args) -> int:
             print(f"home: {settings.home}  (tagpulse stack status / tagpulse stack down)")
         elif args.action == "down":
             for line in stack.stop(settings):
+                print(line)
+        elif args.action == "reset":
+            if not args.yes:
+                print(f"tagpulse stack reset deletes every topic, the pipeline state and the embedded ClickHouse "
+                      f"data under {settings.home}; run it again with --yes", file=sys.stderr)
+                return 2
+            for line in stack.reset(settings):
                 print(line)
         else:
             report = stack.status(settings)

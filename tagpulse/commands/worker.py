@@ -64,6 +64,10 @@ def run(args) -> int:
         code = child.wait()
         if stopping:
             return 0
+        if code == 78:  # streams.app.EXIT_INCOMPATIBLE_STATE: a restart would fail the same way
+            print("tagpulse worker: the stored state cannot be continued by this version (see the worker log); "
+                  "not restarting", file=sys.stderr)
+            return code
         if time.monotonic() - started > 60:
             backoff = 1.0
         print(f"tagpulse worker: worker pid {child.pid} exited with {code}; restarting in {backoff:.0f}s",

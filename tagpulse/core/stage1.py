@@ -27,7 +27,8 @@ import numpy as np
 import orjson
 
 from tagpulse.core.dedup import DedupIndex, key_hash
-from tagpulse.core.windows import Reach, WindowSpec, pane_width, post_engagement, window_starts
+from tagpulse.core.windows import (IncompatibleState, Reach, WindowSpec, pane_width, post_engagement,
+                                   window_starts)
 
 # How far the dedup horizon must move before we scan for expired keys: a scan
 # walks the whole index, so it runs at most once per hour of event time.
@@ -62,8 +63,10 @@ def _epoch_cached(created_at: str) -> int:
 
 # Changelog delta = magic, length of the JSON part, JSON part, then the new dedup
 # keys (int64) and their times (uint32) as raw little-endian arrays: ten million
-# keys restore in a second instead of parsing ten million JSON pairs.
-DELTA_MAGIC = b"TPD1"
+# keys restore in a second instead of parsing ten million JSON pairs. TPD2: panes
+# leave the state when they are shipped (TPD1 kept them until their windows closed
+# here and shipped windows, so its state cannot be continued).
+DELTA_MAGIC = b"TPD2"
 _DELTA_HEAD = struct.Struct("<4sI")
 
 
@@ -302,18 +305,16 @@ class DedupWindowState:
         return _DELTA_HEAD.pack(DELTA_MAGIC, len(head)) + head + keys + times
 
     def apply_delta(self, raw: bytes) -> None:
-        if raw[:4] == DELTA_MAGIC:
-            _, head_len = _DELTA_HEAD.unpack_from(raw)
-            start = _DELTA_HEAD.size
-            body = orjson.loads(raw[start:start + head_len])
-            tail = memoryview(raw)[start + head_len:]
-            n = len(tail) // 12
-            self.dedup.add_arrays(np.frombuffer(tail[:8 * n], np.int64).copy(),
-                                  np.frombuffer(tail[8 * n:], np.uint32).copy())
-        else:  # a JSON delta written before the binary format
-            body = orjson.loads(raw)
-            for key, t in body["d"]:
-                self.dedup.add(key, t)
+        if raw[:4] != DELTA_MAGIC:
+            raise IncompatibleState(f"stage 1 partition {self.partition}: changelog record of format "
+                                    f"{raw[:4]!r}, expected {DELTA_MAGIC!r}")
+        _, head_len = _DELTA_HEAD.unpack_from(raw)
+        start = _DELTA_HEAD.size
+        body = orjson.loads(raw[start:start + head_len])
+        tail = memoryview(raw)[start + head_len:]
+        n = len(tail) // 12
+        self.dedup.add_arrays(np.frombuffer(tail[:8 * n], np.int64).copy(),
+                              np.frombuffer(tail[8 * n:], np.uint32).copy())
         self.offset = body["o"]
         self.max_event = body["me"]
         self.watermark = body["wm"]

@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from tagpulse.core.windows import PaneWindows, Reach, WindowSpec, window_starts
+from tagpulse.core.windows import IncompatibleState, PaneWindows, Reach, WindowSpec, window_starts
+
+# Version 2: the state holds pane shares (version 1, unversioned, held window partials).
+STATE_VERSION = 2
 
 
 @dataclass
@@ -141,6 +144,7 @@ class MergeState:
 
     def delta(self) -> bytes:
         body = {
+            "v": STATE_VERSION,
             "o": self.offset,
             "u": self.upstream,
             "f": self.final_until,
@@ -153,6 +157,10 @@ class MergeState:
 
     def apply_delta(self, raw: bytes) -> None:
         body = orjson.loads(raw)
+        if not isinstance(body, dict) or body.get("v") != STATE_VERSION:
+            found = body.get("v", 1) if isinstance(body, dict) else "?"
+            raise IncompatibleState(f"stage 2 partition {self.partition}: changelog record of version {found}, "
+                                    f"expected {STATE_VERSION}")
         self.offset = body["o"]
         self.upstream = {int(k): v for k, v in body["u"].items()}
         self.final_until = body["f"]

@@ -20,6 +20,16 @@ from typing import Iterable, Iterator
 WindowSpec = tuple[int, int]  # (size, hop) seconds
 
 
+class IncompatibleState(Exception):
+    """A changelog written by a tagpulse whose state format this one cannot continue from."""
+
+    def __init__(self, what: str):
+        super().__init__(
+            f"{what}: this namespace holds state of an older tagpulse, which this version cannot continue "
+            "exactly; run the new version in a fresh namespace (TAGPULSE_NAMESPACE=…), or wipe the local "
+            "stack's data with `tagpulse stack reset --yes`")
+
+
 def pane_width(specs: Iterable[WindowSpec]) -> int:
     width = 0
     for size, hop in specs:

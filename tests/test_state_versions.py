@@ -1,0 +1,90 @@
+"""State written by an older tagpulse is refused with a clear message, never half-continued.
+
+The first landing kept window partials in stage 2's changelog and panes for whole
+windows in stage 1's; continuing from them would count windows twice. A worker that
+meets such a changelog exits with 78 and says what to do; `tagpulse worker` does not
+restart it; `tagpulse stack reset --yes` wipes the local stack's data.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from tagpulse.core.stage1 import DedupWindowState
+from tagpulse.core.stage2 import MergeState
+from tagpulse.core.windows import IncompatibleState
+
+SPECS = ((60, 60), (3600, 300), (86400, 3600))
+OLD_STAGE1 = b"TPD1" + (2).to_bytes(4, "little") + b"{}"
+OLD_STAGE2 = orjson.dumps({"o": 5, "u": {"0": [100, False]}, "f": None,
+                           "a": [[60, 0, "tag", "twitter", 1, 0, 5, 0, {"a": 5}]], "x": []})
+
+
+def test_stage1_refuses_a_changelog_of_the_older_format():
+    state = DedupWindowState(0, SPECS, 10, 86400)
+    with pytest.raises(IncompatibleState, match="stack reset"):
+        state.apply_delta(OLD_STAGE1)
+
+
+def test_stage2_refuses_an_unversioned_changelog_and_restores_its_own():
+    with pytest.raises(IncompatibleState, match="version 1"):
+        MergeState(0, 1, SPECS).apply_delta(OLD_STAGE2)
+    live = MergeState(0, 1, SPECS)
+    live.process([(0, orjson.dumps({"src": 0, "wm": 50, "idle": False,
+                                    "rows": [[0, "tag", "twitter", 1, 0, 5, 0, {"a": 5}]]}))])
+    restored = MergeState(0, 1, SPECS)
+    restored.apply_delta(live.delta())
+    assert restored.panes.keys() == live.panes.keys() and restored.offset == 0
+
+
+@pytest.mark.integration
+def test_the_worker_stops_with_78_and_says_why_instead_of_restarting(namespace_settings, tmp_path):
+    from streamkit import REPO, produce_posts, run, worker_env
+    from test_windows_core import make_post
+
+    from aiokafka import AIOKafkaProducer
+
+    settings = namespace_settings
+
+    async def old_changelog():
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            for partition in range(settings.partitions):
+                await producer.send_and_wait(settings.topics.stage1_state, OLD_STAGE1, partition=partition)
+        finally:
+            await producer.stop()
+
+    run(old_changelog())
+    run(produce_posts(settings.kafka_bootstrap, settings.topics.raw,
+                      [make_post(i, 1432080000 + i, ["a"], i, 10) for i in range(20)], settings.partitions))
+    env = worker_env(settings, settings.topics.namespace)
+    env.pop("TAGPULSE_WORKER_NO_RESTART", None)
+    done = subprocess.run([sys.executable, "-m", "tagpulse.cli", "worker", "--logfile", str(tmp_path / "w.log")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 78
+    assert "not restarting" in done.stderr
+    log = (tmp_path / "w.log").read_text(errors="replace")
+    assert "older tagpulse" in log and "tagpulse stack reset --yes" in log
+
+
+def test_stack_reset_needs_yes_and_deletes_the_home_data_only(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    for path in (home / "data" / "kafka" / "x", home / "clickhouse" / "store" / "y", home / "faust-data" / "z"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    (home / "aliases.json").write_text("{}")
+    monkeypatch.setenv("TAGPULSE_HOME", str(home))
+    monkeypatch.delenv("TAGPULSE_CLICKHOUSE", raising=False)
+    env = {k: v for k, v in __import__("os").environ.items()}
+    refused = subprocess.run([sys.executable, "-m", "tagpulse.cli", "stack", "reset"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and (home / "data" / "kafka" / "x").exists()
+    done = subprocess.run([sys.executable, "-m", "tagpulse.cli", "stack", "reset", "--yes"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not (home / "data").exists() and not (home / "clickhouse").exists() and not (home / "faust-data").exists()
+    assert (home / "aliases.json").exists()
