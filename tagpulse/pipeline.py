@@ -152,6 +152,12 @@ async def _progress(settings) -> tuple:
     return raw_backlog, lagging, snapshot
 
 
+async def raw_records(settings) -> int:
+    """Records ever written to the raw topic (the sum of its end offsets)."""
+    _, _, snapshot = await _progress(settings)
+    return sum(end for topic, _, end in snapshot if topic == settings.topics.raw)
+
+
 async def wait_until_final(settings, timeout: float = 600.0, pipeline: Pipeline | None = None,
                            on_progress=None) -> float:
     """Block until every posted record is processed, idle watermarks have closed

@@ -113,6 +113,9 @@ def namespace_settings(stack_settings, monkeypatch, tmp_path):
     return settings
 
 
+DEMO_RUNS: list[tuple[str, str, str]] = []  # (first stdout, second stdout, second stderr)
+
+
 @pytest.fixture(scope="session")
 def demo_run(stack_settings, tmp_path_factory):
     """`tagpulse demo` for real, once per session, on the session broker: (chDB URL, its stdout).
@@ -131,6 +134,12 @@ def demo_run(stack_settings, tmp_path_factory):
                             env=env, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         pytest.fail(f"tagpulse demo failed ({result.returncode}):\n{result.stderr[-4000:]}", pytrace=False)
+    # Run it again, as a user would: the second run must print the same report.
+    again = subprocess.run([sys.executable, "-m", "tagpulse.cli", "demo", "--no-monitoring"], cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=900)
+    if again.returncode != 0:
+        pytest.fail(f"tagpulse demo (second run) failed ({again.returncode}):\n{again.stderr[-4000:]}", pytrace=False)
+    DEMO_RUNS.append((result.stdout, again.stdout, again.stderr))
     return url, result.stdout
 
 
