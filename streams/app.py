@@ -312,10 +312,7 @@ async def merge_windows(stream):
 @app.timer(interval=1.0)
 async def advance_idle_partitions():
     now = time.time()
-    try:
-        report_consumer_lag()
-    except Exception:  # consumer not started yet
-        return
+    report_consumer_lag()
     for partition in sorted(stage1.owned):
         try:
             await idle_stage1(partition, now)

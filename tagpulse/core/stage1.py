@@ -212,22 +212,23 @@ class DedupWindowState:
         """
         watermark = self.watermark
         platform = post["platform"]
+        tags = post["hashtags"]
         late = result.late
         shares = result.window_shares
+        share = (post["author_id"], post["author_followers"], post["is_share"], post_engagement(post))
         for size, hop in self.specs:
             for start in window_starts(t, size, hop):
                 if start + size <= watermark:
-                    for tag in post["hashtags"]:
+                    for tag in tags:
                         k = (tag, platform, size, start)
                         late[k] = late.get(k, 0) + 1
                 elif share_open:
-                    for tag in post["hashtags"]:
+                    for tag in tags:
                         k = (size, start, tag, platform)
                         reach = shares.get(k)
                         if reach is None:
                             reach = shares[k] = Reach()
-                        reach.add_post(post["author_id"], post["author_followers"], post["is_share"],
-                                       post_engagement(post))
+                        reach.add_post(*share)
 
     def _fold(self, post: dict, ps: int) -> None:
         panes = self.panes

@@ -145,7 +145,7 @@ def row_key(row: dict) -> tuple:
     return (row["tag"], row["platform"], row["window_size"], row["window_start"])
 
 
-def windows_of_panes(pane_starts: Iterable[int], width: int, size: int, hop: int,
+def windows_of_panes(pane_starts: Iterable[int], size: int, hop: int,
                      after_end: int | None, up_to_end: int) -> Iterator[int]:
     """Starts of windows that contain any of the panes and end in (after_end, up_to_end]."""
     seen: set[int] = set()
@@ -342,17 +342,8 @@ class PaneWindows:
         first_pane, last_pane = pane_starts[0], pane_starts[-1]
         lo_end = (old // hop + 1) * hop if old is not None else None
         hi_end = (new // hop) * hop
-        starts: set[int] = set()
-        if lo_end is not None and (hi_end - lo_end) // hop + 1 <= len(pane_starts):
-            for end in range(lo_end, hi_end + 1, hop):
-                start = end - size
-                if start <= last_pane and end > first_pane:
-                    starts.add(start)
-        else:
+        if lo_end is None or (hi_end - lo_end) // hop + 1 > len(pane_starts):
             # A long jump (idle advance of a replay): walk the panes instead of the clock.
-            for ps in pane_starts:
-                for start in window_starts(ps, size, hop):
-                    end = start + size
-                    if end <= new and (old is None or end > old):
-                        starts.add(start)
-        return sorted(starts)
+            return sorted(windows_of_panes(pane_starts, size, hop, old, new))
+        return [end - size for end in range(lo_end, hi_end + 1, hop)
+                if end - size <= last_pane and end > first_pane]
