@@ -37,6 +37,7 @@ import orjson
 from bench import kafka_io
 from bench.generate import synthetic_arrivals
 from tagpulse.pipeline import peak_rss_mb
+from tagpulse.stack import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -45,13 +46,6 @@ PY = sys.executable
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Namespace:

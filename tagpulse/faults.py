@@ -34,7 +34,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tagpulse import stack
 from tagpulse.pipeline import peak_rss_mb
+from tagpulse.stack import free_port
 
 SCALES = {"small": 12_000, "full": 200_000}
 SCENARIOS = ("worker-kill", "rebalance", "broker-restart", "sink-kill", "sink-outage")
@@ -263,12 +265,6 @@ def format_reports(reports: list[ScenarioReport]) -> str:
 
 
 # ============================================================================ shell: environment
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def free_port_pair() -> int:
     """A free port whose successor is free too (worker metrics use port + worker index)."""
     for _ in range(100):
@@ -326,11 +322,7 @@ class Broker:
         if external:
             self.env = suite_environ(TAGPULSE_HOME=home, TAGPULSE_KAFKA=external)
         else:
-            port, controller = free_port(), free_port()
-            while controller == port:
-                controller = free_port()
-            self.env = suite_environ(TAGPULSE_HOME=home, TAGPULSE_KAFKA_PORT=port,
-                                     TAGPULSE_KAFKA_CONTROLLER_PORT=controller, TAGPULSE_KAFKA=f"127.0.0.1:{port}")
+            self.env = suite_environ(TAGPULSE_HOME=home, **stack.private_kafka_env())
         self.settings = load_settings(self.env)
 
     @property
@@ -342,8 +334,6 @@ class Broker:
         return self.external is None
 
     def start(self) -> None:
-        from tagpulse import stack
-
         with patched_environ(self.env):  # Kafka client security settings are read from the environment
             if self.external:
                 stack.wait_for_kafka(self.settings, timeout=30)
@@ -352,14 +342,10 @@ class Broker:
 
     def stop(self) -> None:
         """A clean shutdown (SIGTERM; kill -9 after 30 s); the data stays."""
-        from tagpulse import stack
-
         if not self.external:
             stack.stop(self.settings)
 
     def running(self) -> bool:
-        from tagpulse import stack
-
         return self.external is not None or stack.kafka_pid(self.settings) is not None
 
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Callable
 
 import orjson
 from aiokafka.partitioner import murmur2
+
+from producers.simulate import iso
+from tagpulse.core.stage1 import epoch_seconds
 
 T0 = 1432112400  # 2015-05-20T09:00:00Z, the seed campaign's morning
 # A message value the broker takes (its default max.message.bytes is 1,048,588 per record batch).
@@ -128,10 +130,6 @@ def post_key(post: dict) -> bytes:
 def post_partition(post: dict, partitions: int) -> int:
     """The raw partition our producer routes a post to (Kafka's default partitioner on its key)."""
     return (murmur2(post_key(post)) & 0x7FFFFFFF) % partitions
-
-
-def iso(t: int) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -605,7 +603,7 @@ def post_fingerprint(post: dict) -> tuple:
     import hashlib
 
     return (post["platform"], post["post_id"], post["author_id"], post["author_handle"],
-            int(post["author_followers"]), _epoch(post["created_at"]), post["lang"] or "", len(post["text"]),
+            int(post["author_followers"]), epoch_seconds(post["created_at"]), post["lang"] or "", len(post["text"]),
             hashlib.md5(post["text"].encode()).hexdigest().upper(), tuple(post["hashtags"]), bool(post["is_share"]),
             post["original_post_id"] or "", int(post["likes"]), int(post["shares"]), int(post["replies"]),
             int(post["quotes"]))
@@ -619,14 +617,10 @@ def row_fingerprint(row: dict) -> tuple:
             int(row["replies"]), int(row["quotes"]))
 
 
-def _epoch(created_at: str) -> int:
-    return int(datetime.strptime(created_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp())
-
-
 def expected_windows(stream: Stream, specs) -> list[tuple]:
     from tagpulse.core.windows import oracle_windows
 
-    rows = oracle_windows(((_epoch(p["created_at"]), p) for p in stream.unique_posts()), specs)
+    rows = oracle_windows(((epoch_seconds(p["created_at"]), p) for p in stream.unique_posts()), specs)
     return sorted(tuple(row[c] for c in WINDOW_COLUMNS) for row in rows)
 
 

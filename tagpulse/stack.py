@@ -241,6 +241,22 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
         return False
 
 
+def free_port() -> int:
+    """A port nothing listens on right now (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def private_kafka_env() -> dict[str, str]:
+    """Settings for a broker of one's own on free ports (a suite or a test run beside a running stack)."""
+    port, controller = free_port(), free_port()
+    while controller == port:
+        controller = free_port()
+    return {"TAGPULSE_KAFKA_PORT": str(port), "TAGPULSE_KAFKA_CONTROLLER_PORT": str(controller),
+            "TAGPULSE_KAFKA": f"127.0.0.1:{port}"}
+
+
 def spawn(cmd: list[str], name: str, settings, env: dict | None = None, cwd: Path | None = None) -> int:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     settings.log_dir.mkdir(parents=True, exist_ok=True)

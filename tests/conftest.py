@@ -78,12 +78,8 @@ def stack_settings(tmp_path_factory):
     if external:
         env.setenv("TAGPULSE_KAFKA", external)
     else:
-        port, controller = free_port(), free_port()
-        while controller == port:
-            controller = free_port()
-        env.setenv("TAGPULSE_KAFKA_PORT", str(port))
-        env.setenv("TAGPULSE_KAFKA_CONTROLLER_PORT", str(controller))
-        env.setenv("TAGPULSE_KAFKA", f"127.0.0.1:{port}")
+        for key, value in stack.private_kafka_env().items():
+            env.setenv(key, value)
     settings = config.load()
     try:
         try:

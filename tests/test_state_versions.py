@@ -7,6 +7,7 @@ restart it; `tagpulse stack reset --yes` wipes the local stack's data.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -79,7 +80,7 @@ def test_stack_reset_needs_yes_and_deletes_the_home_data_only(tmp_path, monkeypa
     (home / "aliases.json").write_text("{}")
     monkeypatch.setenv("TAGPULSE_HOME", str(home))
     monkeypatch.delenv("TAGPULSE_CLICKHOUSE", raising=False)
-    env = {k: v for k, v in __import__("os").environ.items()}
+    env = dict(os.environ)
     refused = subprocess.run([sys.executable, "-m", "tagpulse.cli", "stack", "reset"], env=env,
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and (home / "data" / "kafka" / "x").exists()

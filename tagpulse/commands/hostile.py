@@ -218,14 +218,6 @@ def print_figures(figures: dict) -> None:
         print("exact: every bad record is a dead letter with its reason, every valid post counted once")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run(args) -> int:
     import shutil
     import tempfile
@@ -244,15 +236,12 @@ def run(args) -> int:
         "TAGPULSE_NAMESPACE": f"hostile{uuid.uuid4().hex[:8]}",
         "TAGPULSE_CLICKHOUSE": f"chdb://{run_dir / 'clickhouse'}",
         "TAGPULSE_IDLE_TIMEOUT": os.environ.get("TAGPULSE_IDLE_TIMEOUT", "2"),
-        "TAGPULSE_SQL_PORT": str(_free_port()),
-        "TAGPULSE_SINK_METRICS_PORT": str(_free_port()),
-        "TAGPULSE_WORKER_METRICS_PORT": str(_free_port()),
+        "TAGPULSE_SQL_PORT": str(stack.free_port()),
+        "TAGPULSE_SINK_METRICS_PORT": str(stack.free_port()),
+        "TAGPULSE_WORKER_METRICS_PORT": str(stack.free_port()),
     })
     if not external:
-        kafka, controller = _free_port(), _free_port()
-        os.environ.update({"TAGPULSE_HOME": str(run_dir / "home"), "TAGPULSE_KAFKA_PORT": str(kafka),
-                           "TAGPULSE_KAFKA_CONTROLLER_PORT": str(controller),
-                           "TAGPULSE_KAFKA": f"127.0.0.1:{kafka}"})
+        os.environ.update({"TAGPULSE_HOME": str(run_dir / "home"), **stack.private_kafka_env()})
     settings = config.load()
     code = 1
     try:
