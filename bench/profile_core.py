@@ -56,6 +56,9 @@ def run(messages: list[bytes], take: int, specs) -> dict:
     res = state.advance_idle(4_000_000_000)
     msg = orjson.dumps({"src": 0, "wm": state.watermark, "idle": True, "rows": res.partials})
     rows += len(merge.process([(len(messages), msg)]).rows)
+    while merge.pending():  # the close of the replay's end, in steps as the worker commits it
+        rows += len(merge.close_step().rows)
+        merge.delta()
     return {"seconds": time.perf_counter() - t_start, "stage1_s": t_stage1, "delta_s": t_delta,
             "stage2_s": t_stage2, "delta_bytes": delta_bytes, "partials": partials, "rows": rows,
             "dedup_keys": len(state.dedup)}

@@ -36,7 +36,7 @@ import orjson
 
 from bench import kafka_io
 from bench.generate import synthetic_arrivals
-from tagpulse.pipeline import peak_rss_mb
+from tagpulse.pipeline import broker_pids, cpu_seconds, peak_rss_mb
 from tagpulse.stack import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,8 +139,12 @@ def run_e2e(ns: Namespace, workers: int, total_posts: int, unique_posts: int, po
             return (time.time(), sum(done.values())) if done else None
 
         t0, msgs_at_t0 = wait_for(first_commit, 180, "the first committed batch", step=0.1, pipeline=pipeline)
+        processes = {p.name: p.pid for p in [*pipeline.workers, sink]}
+        processes.update({f"broker{i}": pid for i, pid in enumerate(broker_pids())})
+        cpu_at_t0 = {name: cpu_seconds(pid) for name, pid in processes.items()}
         drained = {}
         samples: list[tuple[float, float, float]] = []  # (t, posts rows, window rows) as the sink counts them
+        cpu_samples: list[tuple[float, dict]] = []  # (t, CPU seconds so far per process)
         sampling = threading.Event()
 
         def sample() -> None:
@@ -148,6 +152,7 @@ def run_e2e(ns: Namespace, workers: int, total_posts: int, unique_posts: int, po
                 posts = ns.sink_metric("tagpulse_sink_rows_total", "posts") or 0.0
                 windows = ns.sink_metric("tagpulse_sink_rows_total", "reach_windows") or 0.0
                 samples.append((time.time(), posts, windows))
+                cpu_samples.append((time.time(), {name: cpu_seconds(pid) for name, pid in processes.items()}))
 
         def progress(raw_backlog, lagging):
             if raw_backlog == 0 and "at" not in drained:
@@ -167,14 +172,17 @@ def run_e2e(ns: Namespace, workers: int, total_posts: int, unique_posts: int, po
         counts = ns.sql("SELECT (SELECT count() FROM tagpulse.posts), (SELECT count() FROM tagpulse.reach_windows),"
                         " (SELECT sum(events) FROM tagpulse.late_events)")[0]
         rss = {p.name: round(peak_rss_mb(p.pid), 1) for p in [*pipeline.workers, sink]}
+        # Where the 2 cores went during the measured interval (the broker shares them).
+        cpu = {name: round(cpu_seconds(pid) - cpu_at_t0[name], 1) for name, pid in processes.items()}
         out = {
             "workers": workers, "seconds": round(t_end - t0, 2),
             "posts_per_s": round(posts_after_t0 / (t_end - t0)),
             "posts_per_s_to_raw_drained": round(posts_after_t0 / max(1e-3, drained.get("at", t_end) - t0)),
             "unique_posts_in_clickhouse": int(counts[0]), "window_rows_in_clickhouse": int(counts[1]),
-            "late_events": int(counts[2] or 0), "peak_rss_mb": rss,
+            "late_events": int(counts[2] or 0), "peak_rss_mb": rss, "cpu_seconds": cpu,
         }
         out["timeline_s"] = timeline(samples, t0, drained.get("at"), unique_posts, int(counts[1]))
+        out["cpu_per_5s"] = cpu_timeline(cpu_samples, t0, t_end)
         # A fast wrong answer is no answer: say loudly when ClickHouse does not hold every unique post.
         out["exact_posts"] = out["unique_posts_in_clickhouse"] == unique_posts and out["late_events"] == 0
         return out
@@ -194,6 +202,20 @@ def timeline(samples, t0: float, drained_at: float | None, posts: int, windows: 
         "windows_50pct": first(1, 0.5 * windows),
         "windows_all": first(1, windows),
     }
+
+
+def cpu_timeline(samples: list[tuple[float, dict]], t0: float, t_end: float, step: float = 5.0) -> list[dict]:
+    """Cores used by each process in consecutive `step`-second slices of the measured interval."""
+    out, prev = [], None
+    for t, cpu in samples:
+        if t < t0 or t > t_end + step:
+            continue
+        if prev is None or t - prev[0] >= step:
+            if prev is not None:
+                out.append({"at_s": round(prev[0] - t0, 1),
+                            **{name: round((cpu[name] - prev[1][name]) / (t - prev[0]), 2) for name in cpu}})
+            prev = (t, cpu)
+    return out
 
 
 def _sink_up(ns: Namespace) -> bool:

@@ -223,23 +223,33 @@ async def idle_stage1(partition: int, now: float) -> None:
     metrics_stage1(partition, result, state)
 
 
+def stage2_outputs(partition: int, result) -> list[tuple[str, int, bytes]]:
+    now = time.time()
+    for row in result.rows:
+        row["closed_at"] = now
+    outputs = [(topics.windows, partition, v) for v in pack_json_arrays(result.rows)]
+    outputs += [(topics.late, partition, v) for v in pack_json_arrays(result.late_rows())]
+    outputs += [(topics.spikes, partition, v) for v in pack_json_arrays([s.row() for s in result.spikes])]
+    return outputs
+
+
 async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
     task = await stage2.task(partition)
     async with task.lock:
         state: MergeWithSpikes = task.state
         offset_before = state.offset
         result = state.process(records)
-        if state.offset == offset_before:
+        if state.offset == offset_before and not result.rows:
             return
-        now = time.time()
-        for row in result.rows:
-            row["closed_at"] = now
-        outputs = [(topics.windows, partition, v) for v in pack_json_arrays(result.rows)]
-        outputs += [(topics.late, partition, v) for v in pack_json_arrays(result.late_rows())]
-        outputs += [(topics.spikes, partition, v) for v in pack_json_arrays([s.row() for s in result.spikes])]
-        await task.commit(outputs, state.delta(), state.offset + 1)
+        await task.commit(stage2_outputs(partition, result), state.delta(), state.offset + 1)
         task.last_activity = time.monotonic()
-    metrics_stage2(partition, result, state)
+        metrics_stage2(partition, result, state)
+        # A long jump of the frontier closes in steps, one transaction each, so the sink
+        # inserts the first rows while the next are assembled (tagpulse.core.stage2.CLOSE_STEP).
+        while state.pending():
+            result = state.close_step()
+            await task.commit(stage2_outputs(partition, result), state.delta(), None)
+            metrics_stage2(partition, result, state)
 
 
 def app_tp(topic: str, partition: int):

@@ -228,8 +228,28 @@ class TagGauges:
         self.spikes: dict[str, tuple[float, float, float]] = {}
         self.clock = 0  # latest window end seen (event time): "the last hour" is relative to the data
         self._exported: set[str] = set()
+        self.changed = False  # fed since the last export()
+
+    def add_windows(self, rows: Iterable[Mapping]) -> None:
+        """add_window for a batch, newest window per (tag, platform, size) only.
+
+        A close emits 12 overlapping hour windows per key and many day windows; only the newest
+        hour and minute window can change a gauge, so the others are skipped without a call each.
+        """
+        sizes = (self.minute, self.hour)
+        newest: dict[tuple, Mapping] = {}
+        for row in rows:
+            size = row["window_size"]
+            if size in sizes:
+                key = (row["tag"], row["platform"], size)
+                known = newest.get(key)
+                if known is None or row["window_end"] >= known["window_end"]:
+                    newest[key] = row
+        for row in newest.values():
+            self.add_window(row)
 
     def add_window(self, row: Mapping) -> None:
+        self.changed = True
         size = int(row["window_size"])
         if size == self.minute:
             table = self.minute_windows
@@ -248,6 +268,7 @@ class TagGauges:
             int(row["posts"]), int(row["potential_reach"]), int(row["impressions"]))
 
     def add_spike(self, tag: str, platform: str, score: float, detected_at: float) -> None:
+        self.changed = True
         SPIKES.labels(platform=platform).inc()
         old = self.spikes.get(tag)
         if old is None or detected_at >= old[1]:
@@ -278,6 +299,7 @@ class TagGauges:
         }
 
     def export(self) -> None:
+        self.changed = False
         snap = self.snapshot()
         gauges = {"posts_per_minute": TAG_POSTS_PER_MINUTE, "potential_reach_1h": TAG_POTENTIAL_REACH_1H,
                   "impressions_1h": TAG_IMPRESSIONS_1H, "spike_score": TAG_SPIKE_SCORE}

@@ -193,6 +193,32 @@ async def wait_until_final(settings, timeout: float = 600.0, pipeline: Pipeline 
         await asyncio.sleep(0.5)
 
 
+def cpu_seconds(pid: int | str | None = "self") -> float:
+    """User + system CPU time a live process has used so far, in seconds; 0 when it is gone."""
+    if not pid:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pids() -> list[int]:
+    """Process ids of the Kafka brokers running on this machine (for CPU accounting in benchmarks)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if b"kafka.Kafka\0" in handle.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
 def peak_rss_mb(pid: int | str | None = "self") -> float:
     """VmHWM (the highest resident set size) of a live process in MiB; 0 when it is gone."""
     if not pid:

@@ -111,6 +111,23 @@ def test_tag_gauges_snapshot_bounds_labels_and_expires():
     assert snap["spike_score"]["late"] == 0.0
 
 
+def test_tag_gauges_batch_feed_equals_row_by_row():
+    """add_windows keeps only the newest window per key: the gauges must not notice."""
+    import random
+
+    rnd = random.Random(5)
+    rows = [_row(f"t{rnd.randrange(6)}", rnd.choice(["mastodon", "bluesky"]), rnd.choice([60, 3600, 86400]),
+                 300 * rnd.randrange(30, 60), rnd.randrange(50), rnd.randrange(500), rnd.randrange(900))
+            for _ in range(400)]
+    one, batch = TagGauges(top_n=3), TagGauges(top_n=3)
+    for i in range(0, len(rows), 100):
+        for row in rows[i:i + 100]:
+            one.add_window(row)
+        batch.add_windows(rows[i:i + 100])
+        assert batch.snapshot() == one.snapshot()
+    assert one.snapshot()["posts_per_minute"]
+
+
 def test_spike_score_live_leaves_after_an_hour_of_event_time():
     """Live data: an hour of wall time has passed by the time event time moved an hour on."""
     wall = [0.0]

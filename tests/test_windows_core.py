@@ -139,20 +139,40 @@ def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None):
     for p in range(partitions):
         res = s1[p].advance_idle(2_000_000_000)
         send(p, res, s1[p], partial_topic, partitions)
+    steps = 0
     for q in range(partitions):
         records = list(enumerate(partial_topic[q]))
         for i in range(0, len(records), 7):
             res = s2[q].process(records[i:i + 7])
-            rows.extend(res.rows)
-            late.extend(res.late_rows())
-            logs2[q].append(s2[q].delta())
-            if restart_every and (i // 7) % 3 == 2:
-                fresh = MergeState(q, partitions, SPECS)
-                for d in logs2[q]:
-                    fresh.apply_delta(d)
-                assert fresh.panes.keys() == s2[q].panes.keys()
-                s2[q] = fresh
+            while True:
+                # Like the shell: one transaction (here: one delta) per close step.
+                rows.extend(res.rows)
+                late.extend(res.late_rows())
+                logs2[q].append(s2[q].delta())
+                steps += 1
+                if restart_every and steps % 3 == 2:
+                    fresh = MergeState(q, partitions, SPECS)
+                    for d in logs2[q]:
+                        fresh.apply_delta(d)
+                    assert fresh.panes.keys() == s2[q].panes.keys()
+                    assert fresh.final_until == s2[q].final_until
+                    s2[q] = fresh
+                if not s2[q].pending():
+                    break
+                res = s2[q].close_step()
     return sorted(rows, key=row_key), late, uniques
+
+
+def process_all(merge, records):
+    """process() and every close step after it, in one result (no transactions to split them into)."""
+    res = merge.process(records)
+    while merge.pending():
+        step = merge.close_step()
+        res.rows += step.rows
+        res.spikes += step.spikes
+        for k, n in step.late.items():
+            res.late[k] = res.late.get(k, 0) + n
+    return res
 
 
 def test_streaming_equals_oracle_with_duplicates_and_disorder():
@@ -182,7 +202,7 @@ def test_late_post_is_counted_and_not_folded_into_closed_windows():
     def to_merge(offset, res):
         message = {"src": 0, "wm": state.watermark, "idle": state.idle, "rows": res.partials,
                    "windows": res.window_share_rows()}
-        return merge.process([(offset, orjson.dumps(message))])
+        return process_all(merge, [(offset, orjson.dumps(message))])
 
     res = state.process([(0, orjson.dumps([on_time, far_ahead]))])
     # The pane [T0, T0+60) was shipped when the watermark reached T0+190.
@@ -206,8 +226,8 @@ def test_late_share_alone_in_its_window_makes_a_row_in_window_order():
     merge = MergeState(0, 1, SPECS)
     share = [3600, T0, "solo", "twitter", 1, 0, 5, 0, {"x": 5}]
     pane = [T0 + 3600, "solo", "twitter", 1, 0, 7, 0, {"y": 7}]
-    out = merge.process([(0, orjson.dumps({"src": 0, "wm": T0 + 2 * 86400, "idle": False,
-                                              "rows": [pane], "windows": [share]}))])
+    out = process_all(merge, [(0, orjson.dumps({"src": 0, "wm": T0 + 2 * 86400, "idle": False,
+                                                "rows": [pane], "windows": [share]}))])
     hours = [(r["window_start"], r["posts"]) for r in out.rows if r["window_size"] == 3600]
     assert hours == sorted(hours) and (T0, 1) in hours and len(hours) == 13
 
@@ -215,10 +235,52 @@ def test_late_share_alone_in_its_window_makes_a_row_in_window_order():
 def test_pane_shares_of_final_windows_are_late_and_dropped_once_every_window_is_final():
     merge = MergeState(0, 1, SPECS)
     share = [T0, "a", "twitter", 2, 0, 10, 0, {"x": 5}]
-    merge.process([(0, orjson.dumps({"src": 0, "wm": T0 + 2 * 86400, "idle": False, "rows": []}))])
-    out = merge.process([(1, orjson.dumps({"src": 0, "wm": T0 + 2 * 86400, "idle": False, "rows": [share]}))])
+    process_all(merge, [(0, orjson.dumps({"src": 0, "wm": T0 + 2 * 86400, "idle": False, "rows": []}))])
+    out = process_all(merge, [(1, orjson.dumps({"src": 0, "wm": T0 + 2 * 86400, "idle": False, "rows": [share]}))])
     assert out.rows == [] and merge.panes == {}
     assert sum(out.late.values()) == 2 * (1 + 12 + 24) and len(out.late) == 37
+
+
+def test_a_long_jump_of_the_frontier_closes_in_steps_with_the_rows_of_one_close():
+    """A replay's end makes days of windows final at once: closed CLOSE_STEP of window ends per step."""
+    panes = [[T0 + 600 * k, tag, "twitter", 1 + k % 3, 0, 10, 1, {f"u{k % 7}": 10 + k}]
+             for k in range(30) for tag in ("a", "b")]
+    first = orjson.dumps({"src": 0, "wm": T0 + 20 * 60, "idle": False, "rows": panes})
+    jump = orjson.dumps({"src": 0, "wm": T0 + 3 * 86400, "idle": True, "rows": []})
+
+    whole = MergeState(0, 1, SPECS, close_step_s=None)
+    expected = whole.process([(0, first)]).rows + whole.process([(1, jump)]).rows
+
+    stepped = MergeState(0, 1, SPECS, close_step_s=3600)
+    rows = stepped.process([(0, first)]).rows
+    log = [stepped.delta()]
+    out, bounds = stepped.process([(1, jump)]), []
+    while True:
+        bounds.append(stepped.final_until)
+        rows += out.rows
+        log.append(stepped.delta())
+        assert all(r["window_end"] <= stepped.final_until for r in out.rows)
+        if not stepped.pending():
+            break
+        out = stepped.close_step()
+    assert sorted(rows, key=row_key) == sorted(expected, key=row_key)
+    for key in {(r["tag"], r["window_size"]) for r in rows}:  # window order per key (the spike detector)
+        starts = [r["window_start"] for r in rows if (r["tag"], r["window_size"]) == key]
+        assert starts == sorted(starts)
+    assert len(bounds) > 20 and all(b - a <= 3600 for a, b in zip(bounds, bounds[1:-1]))
+    assert bounds[-1] == T0 + 3 * 86400  # past the last window holding a pane: straight to the frontier
+
+    # A restart between two steps: the close is finished before the next record is applied.
+    restored = MergeState(0, 1, SPECS, close_step_s=3600)
+    for d in log[:4]:
+        restored.apply_delta(d)
+    assert restored.pending()
+    straggler = orjson.dumps({"src": 0, "wm": T0 + 3 * 86400, "idle": True,
+                              "rows": [[T0, "a", "twitter", 5, 0, 1, 0, {"z": 1}]]})
+    res = restored.process([(2, straggler)])
+    done = len(rows) - len(res.rows)
+    assert rows[done:] == res.rows and not restored.pending()
+    assert sum(res.late.values()) == 5 * (1 + 12 + 24)  # late for every window of its pane, as without the crash
 
 
 def test_bad_records_become_dead_letters_and_do_not_stop_the_batch():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from functools import partial
 
 import orjson
 
@@ -75,6 +76,9 @@ def decode_value(value: bytes, where: str, decode=None) -> tuple[list[dict], lis
         items = decode_message(value)
     except RecordError as exc:
         return [], [dead_letter(value, exc.reason, where)], 0
+    if decode is decode_record:
+        # One clock read per message, not per post.
+        decode = partial(decode_record, latest_allowed=_latest_allowed())
     valid: list[dict] = []
     dead: list[dict] = []
     skipped = 0
@@ -114,12 +118,15 @@ def _latest_allowed() -> str:
     return _future_bound
 
 
-def decode_record(item) -> list[dict]:
-    """One item of a message -> canonical posts ([] for a skip); RecordError (maybe PartlyInvalid) otherwise."""
+def decode_record(item, latest_allowed: str | None = None) -> list[dict]:
+    """One item of a message -> canonical posts ([] for a skip); RecordError (maybe PartlyInvalid) otherwise.
+
+    latest_allowed: the canonical timestamp after which a post is refused (default: clock + MAX_FUTURE_S).
+    """
     try:
         if type(item) is dict and "post_id" in item and "hashtags" in item and "platform" in item:
             post = validate_post(item)
-            if post["created_at"] > _latest_allowed():  # canonical timestamps compare as strings
+            if post["created_at"] > (latest_allowed or _latest_allowed()):  # canonical timestamps compare as strings
                 raise RecordError("timestamp_in_future:created_at")
             return [post]
         if type(item) is list:
@@ -137,7 +144,7 @@ def decode_record(item) -> list[dict]:
     if invalid and not posts:
         raise RecordError(_code(invalid[0]))
     if posts:
-        bound = _latest_allowed()
+        bound = latest_allowed or _latest_allowed()
         future = [p for p in posts if p["created_at"] > bound]
         if future:
             posts = [p for p in posts if p["created_at"] <= bound]

@@ -24,22 +24,20 @@ class MergeWithSpikes(MergeState):
         self._sizes = frozenset(size for size, _ in self.detector.config.windows)
         self._touched: set[tuple[str, str, int]] = set()
 
-    def process(self, records) -> Stage2Result:
-        result = super().process(records)
-        spikes = []
+    def _finalise(self, result: Stage2Result) -> None:
+        first = len(result.rows)
+        super()._finalise(result)
         detector = self.detector
         # Most rows are of sizes the detector does not score (the 24 overlapping day windows
         # of every tag): skip them before any per-row work.
         sizes = self._sizes
-        for row in result.rows:
+        for row in result.rows[first:]:
             if row["window_size"] not in sizes:
                 continue
             spike = detector.observe(row)
             self._touched.add((row["tag"], row["platform"], row["window_size"]))
             if spike is not None:
-                spikes.append(spike)
-        result.spikes = spikes
-        return result
+                result.spikes.append(spike)
 
     def delta(self) -> bytes:
         merge = super().delta()

@@ -264,6 +264,7 @@ class SpikeDetector:
     config: SpikeConfig = field(default_factory=SpikeConfig)
     started: int | None = None            # first window_start this detector ever saw
     keys: dict[Key, Baseline] = field(default_factory=dict)
+    _alphas: dict[int, float] = field(default_factory=dict, repr=False, compare=False)  # hop -> EWMA weight
 
     # ---- public API
 
@@ -284,6 +285,17 @@ class SpikeDetector:
         if start <= state.last:
             return None
         self._fill_gap(state, key[2], start, hop)
+
+        cfg = self.config
+        if posts < cfg.min_posts or authors < cfg.min_authors:
+            # Below the floors nothing fires; only `level` matters (it re-arms a key after a spike).
+            # Most rows of a busy stream end here: no score object, no other scores.
+            level = self._level(state, posts, 1.0)
+            self._learn(state, key[2], hop, posts, authors)
+            state.last = start
+            if not level:
+                state.armed = True
+            return None
 
         s = self._score(state, key[2], hop, posts, authors, 1.0)
         fire = self._may_fire(state, start) and s.fires
@@ -441,7 +453,7 @@ class SpikeDetector:
             # Below the floors nothing fires; only `level` matters (it re-arms a key after a
             # spike). Most rows of a busy stream end here, so skip the other scores.
             z = z_score(posts, expected, variance)
-            level = z >= cfg.z_min and poisson_eta(posts, expected, cfg.confidence) >= cfg.eta_min
+            level = self._level(state, posts, fraction)
             return _Scores(posts=posts, authors=authors, expected=expected, sigma=math.sqrt(variance),
                            expected_authors=expected_authors, eta=0.0, z=z, author_score=0.0, authors_z=0.0,
                            level=level)
@@ -477,10 +489,20 @@ class SpikeDetector:
                        and s.z >= cfg.onset_level_z_min and s.step >= cfg.onset_ratio_min * expected * share)
         return s
 
+    def _level(self, state: Baseline, posts: int, fraction: float) -> bool:
+        """Is the count far above the baseline (η and z)? The one test that matters below the floors."""
+        cfg = self.config
+        expected = max((state.mean + state.trend) * fraction, cfg.min_expected)
+        variance = max(state.var * fraction, expected)
+        return (z_score(posts, expected, variance) >= cfg.z_min
+                and poisson_eta(posts, expected, cfg.confidence) >= cfg.eta_min)
+
     def _learn(self, state: Baseline, size: int, hop: int, posts: int, authors: int) -> None:
         """One EWMA step (Finch's incremental mean and variance) from values clipped at μ + clip·σ."""
         cfg = self.config
-        a = cfg.alpha(hop)
+        a = self._alphas.get(hop)
+        if a is None:
+            a = self._alphas[hop] = cfg.alpha(hop)
         clip = cfg.clip_sigma
 
         b = cfg.trend

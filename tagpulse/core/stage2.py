@@ -27,11 +27,18 @@ from tagpulse.core.windows import IncompatibleState, PaneWindows, Reach, WindowS
 # Version 2: the state holds pane shares (version 1, unversioned, held window partials).
 STATE_VERSION = 2
 
+# A jump of the frontier (the end of a replay, an idle upstream moving to the wall clock)
+# makes a day of windows final at once: millions of rows that the sink could read only when
+# the whole close is committed. Closing at most CLOSE_STEP seconds of window ends per step
+# (one transaction each) lets the sink insert while the rest is being assembled.
+CLOSE_STEP = 2 * 3600
+
 
 @dataclass
 class Stage2Result:
     rows: list[dict] = field(default_factory=list)  # final windows, without closed_at
     late: dict[tuple, int] = field(default_factory=dict)  # (tag, platform, size, start) -> events
+    spikes: list = field(default_factory=list)  # filled by MergeWithSpikes
 
     def late_rows(self) -> list[dict]:
         return [
@@ -41,8 +48,10 @@ class Stage2Result:
 
 
 class MergeState:
-    def __init__(self, partition: int, upstream_partitions: int, specs: tuple[WindowSpec, ...]):
+    def __init__(self, partition: int, upstream_partitions: int, specs: tuple[WindowSpec, ...],
+                 close_step_s: int | None = CLOSE_STEP):
         self.partition = partition
+        self.close_step_s = close_step_s
         self.upstream_partitions = upstream_partitions
         self.offset = -1
         # upstream partition -> [watermark or None, idle]
@@ -61,7 +70,15 @@ class MergeState:
         return self.windows.panes
 
     def process(self, records: list[tuple[int, bytes]]) -> Stage2Result:
+        """Apply records in offset order (skipping those applied before), then take one close step.
+
+        A close left unfinished (a restart between two steps) is finished first, so every record
+        meets the same final_until as in an uninterrupted run: the output never depends on where
+        a crash fell. After process(), the shell calls close_step() while pending() says so.
+        """
         result = Stage2Result()
+        while self.pending():
+            self._finalise(result)
         for offset, value in records:
             if offset <= self.offset:
                 continue
@@ -134,13 +151,38 @@ class MergeState:
             marks.append(watermark)
         return min(marks) if marks else None
 
-    def _finalise(self, result: Stage2Result) -> None:
+    def pending(self) -> bool:
+        """Windows are final (the frontier passed their end) but not closed yet."""
         frontier = self.frontier()
-        if frontier is None or (self.final_until is not None and frontier <= self.final_until):
+        return frontier is not None and (self.final_until is None or frontier > self.final_until)
+
+    def close_step(self) -> Stage2Result:
+        """The next step of a pending close (see CLOSE_STEP)."""
+        result = Stage2Result()
+        self._finalise(result)
+        return result
+
+    def _finalise(self, result: Stage2Result) -> None:
+        if not self.pending():
             return
-        old, self.final_until = self.final_until, frontier
-        result.rows.extend(self.windows.close(old, frontier, self.window_shares))
-        self._evicted.extend(self.windows.evict(frontier))
+        old = self.final_until
+        new = self._next_stop(self.frontier())
+        self.final_until = new
+        result.rows.extend(self.windows.close(old, new, self.window_shares))
+        self._evicted.extend(self.windows.evict(new))
+
+    def _next_stop(self, frontier: int) -> int:
+        """How far this close step goes: CLOSE_STEP of window ends, or straight on when nothing is left."""
+        old, step = self.final_until, self.close_step_s
+        if old is None or not step or frontier - old <= step:
+            return frontier
+        stop = old + step
+        last_end = self.windows.last_window_end()
+        if self.window_shares:
+            share_end = max(start + size for size, start, _tag, _platform in self.window_shares)
+            last_end = share_end if last_end is None else max(last_end, share_end)
+        # Past the end of the last window that holds anything, the rest of the jump is empty.
+        return frontier if last_end is None or stop >= last_end else stop
 
     def delta(self) -> bytes:
         body = {
