@@ -468,6 +468,8 @@ def main(argv=None) -> int:
     parser.add_argument("--anchor-budget", type=float, default=60.0, help="seconds each anchor may run")
     parser.add_argument("--dedup-keys", type=int, default=10_000_000)
     parser.add_argument("--latency-seconds", type=float, default=150.0)
+    parser.add_argument("--latency-rate", type=float, default=None,
+                        help="posts/s of the latency run (default: half the best end-to-end rate of this run)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: raw,e2e1,e2e2,anchors,quix,faust,"
                                                    "producer,latency,dedup,restart")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and topics")
@@ -542,6 +544,8 @@ def main(argv=None) -> int:
             result["producer"] = run_producer(ns("prod"), arrivals, work)
             log(f"   {result['producer']}")
         best = max((result.get(f"e2e_{w}_workers", {}).get("posts_per_s", 0), w) for w in (1, 2))
+        if args.latency_rate:
+            best = (2 * args.latency_rate, best[1] if best[0] else 2)
         if "latency" not in skip and best[0]:
             rate = best[0] / 2
             log(f"5 latency at {rate:.0f} posts/s for {args.latency_seconds:.0f}s")

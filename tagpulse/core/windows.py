@@ -163,16 +163,6 @@ def windows_of_panes(pane_starts: Iterable[int], size: int, hop: int,
 Key = tuple[str, str]  # (tag, platform)
 
 
-def _merged(reaches: list[Reach], i: int, j: int) -> Reach:
-    """reaches[i:j] merged; a single one is returned as is (callers only read it, or copy it first)."""
-    if j - i == 1:
-        return reaches[i]
-    merged = Reach()
-    for k in range(i, j):
-        merged.merge(reaches[k])
-    return merged
-
-
 def _window_order(row: dict) -> tuple[int, int]:
     return row["window_size"], row["window_start"]
 
@@ -193,14 +183,9 @@ class PaneWindows:
         self._heap: list[int] = []  # pane starts, for eviction oldest first
         self._blocks: dict[int, dict[int, dict[Key, Reach]]] = {
             hop: {} for hop in sorted({hop for _, hop in self.specs if hop != self.width})}
-        # (size, hop, tag, platform) -> (first and last block start, row) of the last window closed;
-        # valid until a pane changes, so a close in several steps builds each distinct row once.
-        self._bodies: dict[tuple, tuple[tuple[int, int], dict]] = {}
 
     def add(self, ps: int, key: Key, reach: Reach) -> None:
         """Merge reach into pane ps; the caller hands reach over (it is kept, not copied)."""
-        if self._bodies:
-            self._bodies.clear()
         pane = self.panes.get(ps)
         if pane is None:
             pane = self.panes[ps] = {}
@@ -275,7 +260,6 @@ class PaneWindows:
             self.panes.pop(ps, None)
         for blocks in self._blocks.values():
             blocks.clear()
-        self._bodies.clear()
 
     def _close_spec(self, size: int, hop: int, starts: list[int], rows: list[dict],
                     extras: dict[tuple, Reach] | None = None) -> None:
@@ -284,9 +268,7 @@ class PaneWindows:
         Per key, the windows are walked in order over the key's non-empty blocks:
         consecutive windows that hold the same blocks share one merge (and one row
         body), and a window that only gains blocks extends a copy of the previous
-        one. A quiet tag's 24 overlapping day windows then cost one or two merges,
-        also when a long close runs in several steps (the last body per key is kept
-        until new panes arrive).
+        one. A quiet tag's 24 overlapping day windows then cost one or two merges.
         """
         per_key: dict[Key, tuple[list[int], list[Reach]]] = {}
         for bs in range(starts[0], starts[-1] + size, hop):
@@ -298,39 +280,34 @@ class PaneWindows:
                     entry[0].append(bs)
                     entry[1].append(reach)
         append = rows.append
-        bodies = self._bodies
         for (tag, platform), (block_starts, reaches) in per_key.items():
             lo = hi = 0  # block index range of the previous window
             merged: Reach | None = None
             body: dict | None = None
-            cache_key = (size, hop, tag, platform)
-            signature = None
             n = len(block_starts)
             for start in starts:
                 i = bisect_left(block_starts, start, lo)
                 j = bisect_left(block_starts, start + size, max(i, hi))
                 if i == j:
                     continue
-                if body is None or i != lo or j != hi:
-                    # Other blocks than the previous window: the body an earlier step made of
-                    # the same blocks, or a merge (extending the previous one when it only gains).
-                    signature = (block_starts[i], block_starts[j - 1])
-                    cached = bodies.get(cache_key)
-                    if cached is not None and cached[0] == signature:
-                        body, merged = cached[1], None
+                if merged is None or i != lo or j < hi:
+                    if j - i == 1:
+                        merged = reaches[i]  # read only below: no copy needed
                     else:
-                        if merged is not None and i == lo and j > hi:
-                            merged = merged.copy()
-                            for k in range(hi, j):
-                                merged.merge(reaches[k])
-                        else:
-                            merged = _merged(reaches, i, j)
-                        body = None
-                    lo, hi = i, j
+                        merged = Reach()
+                        for k in range(i, j):
+                            merged.merge(reaches[k])
+                    body = None
+                elif j > hi:
+                    merged = merged.copy()
+                    for k in range(hi, j):
+                        merged.merge(reaches[k])
+                    body = None
+                lo, hi = i, j
                 if extras is not None:
                     extra = extras.pop((size, start, tag, platform), None)
                     if extra is not None:
-                        alone = _merged(reaches, i, j).copy() if merged is None else merged.copy()
+                        alone = merged.copy()
                         alone.merge(extra)
                         append(alone.row(tag, platform, size, start))
                         if i >= n:
@@ -338,7 +315,6 @@ class PaneWindows:
                         continue
                 if body is None:
                     body = merged.row(tag, platform, size, start)
-                    bodies[cache_key] = (signature, body)
                     append(body)
                 else:
                     row = body.copy()
