@@ -241,15 +241,18 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
         result = state.process(records)
         if state.offset == offset_before and not result.rows:
             return
-        await task.commit(stage2_outputs(partition, result), state.delta(), state.offset + 1)
-        task.last_activity = time.monotonic()
-        metrics_stage2(partition, result, state)
         # A long jump of the frontier closes in steps, one transaction each, so the sink
         # inserts the first rows while the next are assembled (tagpulse.core.stage2.CLOSE_STEP).
-        while state.pending():
-            result = state.close_step()
-            await task.commit(stage2_outputs(partition, result), state.delta(), None)
+        # The input offset goes with the last step: after a crash between steps the records
+        # come again, are skipped as applied, and their process() finishes the close at once.
+        while True:
+            last = not state.pending()
+            await task.commit(stage2_outputs(partition, result), state.delta(), state.offset + 1 if last else None)
             metrics_stage2(partition, result, state)
+            if last:
+                break
+            result = state.close_step()
+        task.last_activity = time.monotonic()
 
 
 def app_tp(topic: str, partition: int):
