@@ -214,7 +214,15 @@ def process_alive(pid: int | None, marker: str | None = None) -> bool:
     """A live (not zombie) process whose command line contains `marker` (guards pid reuse)."""
     if not pid:
         return False
-    _reap(pid)
+    child = _children.get(pid)
+    if child is not None:
+        # Our own child: its pid cannot be reused while we hold it unreaped, and its command
+        # line is briefly empty while it execs (read then, the marker check failed a healthy
+        # Prometheus start and a second one was launched on the same port).
+        if child.poll() is None:
+            return True
+        _children.pop(pid, None)
+        return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
@@ -225,12 +233,6 @@ def process_alive(pid: int | None, marker: str | None = None) -> bool:
         return True
     except (OSError, IndexError):
         return False
-
-
-def _reap(pid: int) -> None:
-    child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        _children.pop(pid, None)
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
@@ -604,7 +606,8 @@ def ensure_prometheus(settings, scrape_targets: dict[str, list[str]] | None = No
                        ("--web.console.libraries", "/etc/prometheus/console_libraries")):
         if Path(path).is_dir():
             cmd.append(f"{flag}={path}")
-    # One retry: on a loaded machine a first start has been seen to vanish without a log line.
+    # One retry for a start that exits at once (it has happened on a loaded machine); a start that
+    # is up but not ready in time is killed first, so two never race for the port.
     for attempt in (1, 2):
         pid = spawn(cmd, "prometheus", settings, cwd=settings.home)
         if _wait_http_ready(settings.prometheus_port, pid, prometheus_marker(settings), timeout):

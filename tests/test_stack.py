@@ -187,6 +187,25 @@ def test_missing_java_gives_one_clear_line(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus is not installed (scripts/bootstrap.sh)")
+def test_a_child_counts_as_alive_before_its_command_line_shows_the_marker(tmp_path, monkeypatch):
+    # Right after exec a process's /proc cmdline can be empty; judged by it, a healthy
+    # Prometheus start was taken for dead and a second one launched on the same port.
+    # A child that execs its real command a moment later has the same window, made long.
+    settings = settings_for(monkeypatch, tmp_path / "home")
+    marker = str(tmp_path / "marker")
+    env = dict(os.environ, MARKER=marker, PY=sys.executable)
+    pid = stack.spawn(["sh", "-c", 'sleep 0.5; exec "$PY" -c "import time; time.sleep(30)" "$MARKER"'],
+                      "probe", settings, env=env)
+    try:
+        assert stack.process_alive(pid, marker)
+    finally:
+        os.kill(pid, 9)
+    deadline = time.monotonic() + 5
+    while stack.process_alive(pid, marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not stack.process_alive(pid, marker)
+
+
 def test_prometheus_runs_on_our_port_with_our_targets(monkeypatch, tmp_path):
     settings = settings_for(monkeypatch, tmp_path / "home", TAGPULSE_PROMETHEUS_PORT=free_port(),
                             TAGPULSE_ALERTMANAGER_PORT=free_port())
@@ -205,6 +224,17 @@ def test_prometheus_runs_on_our_port_with_our_targets(monkeypatch, tmp_path):
             time.sleep(0.1)
         assert wanted <= scraped
         assert stack.status(settings)["components"]["prometheus"]["reachable"]
+        config_flag = f"--config.file={settings.home / 'prometheus.yml'}"
+        running = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+                   and config_flag in _cmdline(p)]
+        assert len(running) == 1, "one start, one Prometheus"
     finally:
         stack.stop(settings)
     assert not stack.port_open(settings.prometheus_port)
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
