@@ -332,7 +332,7 @@ async def _live_produce(bootstrap: str, topic: str, pool: list[dict], rate: floa
                 post["created_at"] = created
                 chunk.append(post)
             for j in range(0, len(chunk), 500):
-                await producer.send(topic, orjson.dumps(chunk[j:j + 500]), partition=(sent // 500 + j) % partitions)
+                await producer.send(topic, orjson.dumps(chunk[j:j + 500]), partition=((sent + j) // 500) % partitions)
             sent += n
             elapsed = time.monotonic() - start
             await asyncio.sleep(max(0.0, (sent / rate) - elapsed))
@@ -467,7 +467,8 @@ def main(argv=None) -> int:
     parser.add_argument("--anchor-posts", type=int, default=None)
     parser.add_argument("--anchor-budget", type=float, default=60.0, help="seconds each anchor may run")
     parser.add_argument("--dedup-keys", type=int, default=10_000_000)
-    parser.add_argument("--latency-seconds", type=float, default=150.0)
+    parser.add_argument("--latency-seconds", type=float, default=300.0,
+                        help="length of the live run; every minute gives one more window boundary")
     parser.add_argument("--latency-rate", type=float, default=None,
                         help="posts/s of the latency run (default: half the best end-to-end rate of this run)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: raw,e2e1,e2e2,anchors,quix,faust,"
