@@ -378,31 +378,63 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
         async def go():
             stop = asyncio.Event()
             rows: list = []
+            visible: list = []
             reader = asyncio.create_task(_read_windows(ns.bootstrap, ns.settings.topics.windows, stop, rows))
+            watcher = asyncio.create_task(asyncio.to_thread(_watch_clickhouse, ns, stop, visible))
             sent = await _live_produce(ns.bootstrap, ns.settings.topics.raw, pool, rate, seconds,
                                        ns.settings.partitions, stop)
             # The last minute closes only after its end + grace (+ idle timeout once input stops).
             await asyncio.sleep(grace + ns.settings.idle_timeout_s + 5)
             stop.set()
             await reader
-            return sent, rows
+            await watcher
+            return sent, rows, visible
 
-        sent, rows = asyncio.run(go())
+        sent, rows, visible = asyncio.run(go())
         pipeline.check_alive()
     finally:
         pipeline.stop()
     # Only 1-minute windows that closed while posts were still flowing (not via the idle timeout).
     ends = sorted({end for size, end, _ in rows if size == 60})
-    lat = sorted(arrived - (end + grace) for size, end, arrived in rows if size == 60 and end in ends[:-1])
+    counted = set(ends[:-1])
+    lat = sorted(arrived - (end + grace) for size, end, arrived in rows if size == 60 and end in counted)
     if not lat:
         return {"rate": round(rate), "seconds": seconds, "posts_sent": sent, "error": "no 1-minute window closed"}
-
-    def pct(q):
-        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 3)
-
+    in_clickhouse = sorted(seen - (end + grace) for end, seen in visible if end in counted)
     return {"rate_posts_per_s": round(rate), "seconds": seconds, "posts_sent": sent, "rows": len(lat),
-            "windows": len(ends) - 1, "p50_s_after_end_plus_grace": pct(0.50), "p99_s_after_end_plus_grace": pct(0.99),
-            "max_s_after_end_plus_grace": round(lat[-1], 3), "measured_at": "row read from the windows topic"}
+            "windows": len(counted), "p50_s_after_end_plus_grace": _pct(lat, 0.50),
+            "p99_s_after_end_plus_grace": _pct(lat, 0.99), "max_s_after_end_plus_grace": round(lat[-1], 3),
+            "measured_at": "row read from the windows topic",
+            "clickhouse": {"rows": len(in_clickhouse), "p50_s_after_end_plus_grace": _pct(in_clickhouse, 0.50),
+                           "p99_s_after_end_plus_grace": _pct(in_clickhouse, 0.99),
+                           "measured_at": f"row counted in reach_windows (polled every {CLICKHOUSE_POLL_S} s)"}}
+
+
+CLICKHOUSE_POLL_S = 0.2
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(values[min(len(values) - 1, int(q * len(values)))], 3) if values else None
+
+
+def _watch_clickhouse(ns: Namespace, stop: asyncio.Event, out: list) -> None:
+    """When the 1-minute rows become queryable: rows new since the last poll count as seen now."""
+    seen: dict[int, int] = {}
+    failed = False
+    while not stop.is_set():
+        now = time.time()
+        try:
+            counts = ns.sql("SELECT toUnixTimestamp(window_end), count() FROM tagpulse.reach_windows "
+                            "WHERE window_size = 60 GROUP BY window_end")
+        except Exception as exc:  # noqa: BLE001 - the sink may be busy; the next poll tries again
+            if not failed:
+                log(f"   ClickHouse poll failed (retrying): {exc}")
+            failed = True
+            counts = []
+        for end, count in counts:
+            out.extend([(end, now)] * (int(count) - seen.get(end, 0)))
+            seen[end] = int(count)
+        time.sleep(max(0.0, CLICKHOUSE_POLL_S - (time.time() - now)))
 
 
 # ----------------------------------------------------------------------------------------------- 6 state

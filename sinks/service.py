@@ -45,6 +45,13 @@ LAST_INSERT = m.SINK_LAST_INSERT
 FLUSH_ROWS = 50_000          # flush when any table has this many rows buffered ...
 FLUSH_INTERVAL_S = 1.0       # ... or when the oldest buffered message is this old
 FLUSH_MAX_BYTES = 64 << 20   # ... or a table's buffer reaches this size (bounds memory and the insert block)
+# Final window rows and spikes are what dashboards and alerts wait for: once the sink has read
+# everything committed, they are inserted without waiting out FLUSH_INTERVAL_S (with the posts
+# buffered alongside, which go first), at most once per PROMPT_GAP_S. A sink that is behind (a
+# replay) keeps batching by interval and size.
+PROMPT_TABLES = ("reach_windows", "spikes")
+PROMPT_GAP_S = 0.25
+PROMPT_POLL_S = 0.05
 BACKOFF_START_S = 0.5
 BACKOFF_CAP_S = 30.0
 TOPIC_REFRESH_S = 30.0
@@ -73,12 +80,15 @@ class Batcher:
     """When to flush (pure: the clock is passed in)."""
 
     def __init__(self, tables, flush_rows: int = FLUSH_ROWS, interval_s: float = FLUSH_INTERVAL_S,
-                 max_bytes: int = FLUSH_MAX_BYTES):
+                 max_bytes: int = FLUSH_MAX_BYTES, prompt_tables=PROMPT_TABLES, prompt_gap_s: float = PROMPT_GAP_S):
         self.buffers = {table: TableBuffer() for table in tables}
         self.flush_rows = flush_rows
         self.interval_s = interval_s
         self.max_bytes = max_bytes
+        self.prompt_tables = [t for t in prompt_tables if t in self.buffers]
+        self.prompt_gap_s = prompt_gap_s
         self.first_at: float | None = None
+        self.last_flush_at = float("-inf")
 
     def add(self, table: str, partition: int, offset: int, value: bytes, rows: int, now: float) -> None:
         if self.first_at is None:
@@ -95,13 +105,27 @@ class Batcher:
             return True
         return any(b.rows >= self.flush_rows or b.size >= self.max_bytes for b in self.buffers.values())
 
+    def prompt_waiting(self) -> bool:
+        """Rows of a prompt table are buffered."""
+        return any(self.buffers[t].messages for t in self.prompt_tables)
+
+    def prompt_due(self, now: float) -> bool:
+        """Prompt rows are buffered and the last flush is at least prompt_gap_s old (the caller
+        adds the other condition: nothing committed is left to read)."""
+        return self.prompt_waiting() and now - self.last_flush_at >= self.prompt_gap_s
+
     def time_left(self, now: float) -> float:
         if self.first_at is None:
             return self.interval_s
-        return max(0.0, self.first_at + self.interval_s - now)
+        left = max(0.0, self.first_at + self.interval_s - now)
+        if self.prompt_waiting():
+            # Wake for the prompt check, but never spin: a sink that is behind reads on meanwhile.
+            left = min(left, max(PROMPT_POLL_S, self.last_flush_at + self.prompt_gap_s - now))
+        return left
 
-    def take_all(self) -> dict[str, tuple[list, int]]:
+    def take_all(self, now: float) -> dict[str, tuple[list, int]]:
         self.first_at = None
+        self.last_flush_at = now
         return {table: buf.take() for table, buf in self.buffers.items() if buf.messages}
 
 
@@ -219,11 +243,20 @@ class SinkService:
                         if self.batcher.due(now):
                             await self.flush()  # keeps each insert near FLUSH_ROWS even for a huge fetch
                             last = self.stored[table].get(tp.partition, -1)
-                if self.batcher.due(time.monotonic()):
+                now = time.monotonic()
+                if self.batcher.due(now) or (self.batcher.prompt_due(now) and await self._caught_up()):
                     await self.flush()
             await self.flush()
         finally:
             await self.close()
+
+    async def _caught_up(self) -> bool:
+        """Every committed record of every assigned partition has been read."""
+        for tp in self.consumer.assignment():
+            stable = self.consumer.last_stable_offset(tp)
+            if stable is None or stable < 0 or await self.consumer.position(tp) < stable:
+                return False
+        return True
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -233,7 +266,7 @@ class SinkService:
 
     # ------------------------------------------------------------------ writing
     async def flush(self) -> None:
-        batches = self.batcher.take_all()
+        batches = self.batcher.take_all(time.monotonic())
         # Posts before windows: a final window row is visible no earlier than the posts behind it.
         for table in self.tables:
             if table in batches:

@@ -110,10 +110,25 @@ def test_batcher_flushes_on_rows_bytes_or_time():
     assert b.due(11.0)  # the oldest message waited interval_s
     b.add("posts", 0, 2, b"[]", 6, now=10.6)
     assert b.due(10.6)  # 10 rows
-    taken = b.take_all()
+    taken = b.take_all(10.6)
     assert taken == {"posts": ([(0, 1, b"[]"), (0, 2, b"[]")], 10)} and b.empty()
     b.add("reach_windows", 1, 9, b"x" * 100, 1, now=20.0)
     assert b.due(20.0)  # bytes
+
+
+def test_batcher_window_rows_are_prompt_but_not_more_often_than_the_gap():
+    b = Batcher(["posts", "reach_windows", "spikes"], flush_rows=1000, interval_s=1.0, max_bytes=1 << 20,
+                prompt_gap_s=0.25)
+    b.add("posts", 0, 1, b"[]", 5, now=10.0)
+    assert not b.prompt_due(10.1)  # posts alone wait for the interval
+    assert b.time_left(10.1) == pytest.approx(0.9)
+    b.add("reach_windows", 0, 1, b"[]", 5, now=10.1)
+    assert b.prompt_due(10.1)  # nothing flushed yet: at once (the service adds "caught up")
+    b.take_all(10.1)
+    b.add("spikes", 0, 1, b"[]", 1, now=10.2)
+    assert not b.prompt_due(10.2) and b.time_left(10.2) == pytest.approx(0.15)
+    assert b.prompt_due(10.35)
+    assert not b.due(10.35)  # the interval rule alone would wait until 11.2
 
 
 def test_backoff_doubles_to_a_cap():
