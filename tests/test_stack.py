@@ -185,8 +185,6 @@ def test_missing_java_gives_one_clear_line(tmp_path):
     assert "missing: java" in status.stdout and "openjdk-17-jre-headless" in status.stdout
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus is not installed (scripts/bootstrap.sh)")
 def test_a_child_counts_as_alive_before_its_command_line_shows_the_marker(tmp_path, monkeypatch):
     # Right after exec a process's /proc cmdline can be empty; judged by it, a healthy
     # Prometheus start was taken for dead and a second one launched on the same port.
@@ -206,6 +204,8 @@ def test_a_child_counts_as_alive_before_its_command_line_shows_the_marker(tmp_pa
     assert not stack.process_alive(pid, marker)
 
 
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus is not installed (scripts/bootstrap.sh)")
 def test_prometheus_runs_on_our_port_with_our_targets(monkeypatch, tmp_path):
     settings = settings_for(monkeypatch, tmp_path / "home", TAGPULSE_PROMETHEUS_PORT=free_port(),
                             TAGPULSE_ALERTMANAGER_PORT=free_port())
