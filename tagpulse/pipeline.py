@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from tagpulse.kafka_security import client_kwargs
+from tagpulse.stack import pids_with_argument
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -207,16 +208,7 @@ def cpu_seconds(pid: int | str | None = "self") -> float:
 
 def broker_pids() -> list[int]:
     """Process ids of the Kafka brokers running on this machine (for CPU accounting in benchmarks)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    if b"kafka.Kafka\0" in handle.read():
-                        pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
+    return pids_with_argument("kafka.Kafka")
 
 
 def peak_rss_mb(pid: int | str | None = "self") -> float:

@@ -228,11 +228,24 @@ def process_alive(pid: int | None, marker: str | None = None) -> bool:
         if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
             return False
         if marker is not None:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            return marker in cmdline
+            return marker in " ".join(command_line(pid))
         return True
     except (OSError, IndexError):
         return False
+
+
+def command_line(pid: int | str) -> list[str]:
+    """The arguments of a process, [] when it is gone (or a kernel thread, or between fork and exec)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
+def pids_with_argument(argument: str) -> list[int]:
+    """Live processes on this machine that were started with `argument` as one of their arguments."""
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and argument in command_line(entry)]
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:

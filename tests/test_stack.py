@@ -224,17 +224,8 @@ def test_prometheus_runs_on_our_port_with_our_targets(monkeypatch, tmp_path):
             time.sleep(0.1)
         assert wanted <= scraped
         assert stack.status(settings)["components"]["prometheus"]["reachable"]
-        config_flag = f"--config.file={settings.home / 'prometheus.yml'}"
-        running = [p for p in Path("/proc").iterdir() if p.name.isdigit()
-                   and config_flag in _cmdline(p)]
+        running = stack.pids_with_argument(f"--config.file={settings.home / 'prometheus.yml'}")
         assert len(running) == 1, "one start, one Prometheus"
     finally:
         stack.stop(settings)
     assert not stack.port_open(settings.prometheus_port)
-
-
-def _cmdline(proc: Path) -> str:
-    try:
-        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
