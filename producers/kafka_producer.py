@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -395,10 +396,68 @@ def encode_posts(posts: list[dict], partitions: int) -> dict[int, Segment]:
 def encode_block(block, fmt: str, source: str, first_line: int, partitions: int, at: float) -> Encoded:
     """One block of lines (or an Oversize line) → routed, encoded posts and dead letters. Pure;
     runs in a parser process when the producer has some."""
+    if type(block) is not Oversize and fmt in ("auto", "canonical"):
+        encoded = _encode_wire_block(block, source, first_line, partitions, at)
+        if encoded is not None:
+            return encoded
     lines = [block] if type(block) is Oversize else block.split(b"\n")
     parsed = parse_lines(lines, fmt, source, first_line, at)
     return Encoded(encode_posts(parsed.posts, partitions), len(parsed.posts), parsed.invalid, parsed.skipped,
                    parsed.records)
+
+
+_wire_encoder = msgspec.json.Encoder()
+
+
+def _encode_wire_block(block: bytes, source: str, first_line: int, partitions: int, at: float) -> Encoded | None:
+    """encode_block for a block whose every line is one complete canonical post (what our own
+    tools and most pipelines write): decoded in one msgspec call, ≈2× cheaper than parse_lines.
+    None when any line is not (another format, a blank line, bad JSON): the caller takes
+    parse_lines for the whole block. A line that decodes but fails finish_wire_post goes
+    through parse_lines alone, so posts, dead letters and their line numbers are the same."""
+    from producers.adapters import MAX_RECORD_BYTES
+    from schemas.post import decode_wire_array, finish_wire_post
+
+    if len(block) > MAX_RECORD_BYTES and max(map(len, block.split(b"\n"))) > MAX_RECORD_BYTES:
+        return None
+    # Read as one array (newlines become commas), a blank line or two values on one line is a
+    # syntax error or a count mismatch, so a decoded array maps item i to line i.
+    records = block.count(b"\n") + 1
+    posts = decode_wire_array(b"[" + block.replace(b"\n", b",") + b"]")
+    if posts is None or len(posts) != records:
+        return None
+    lines = None
+    out: list = []
+    invalid: list[dict] = []
+    skipped = 0
+    for number, post in enumerate(posts, first_line):
+        if finish_wire_post(post):
+            out.append(post)
+            continue
+        lines = lines or block.split(b"\n")
+        parsed = parse_lines([lines[number - first_line]], "canonical", source, number, at)
+        out += parsed.posts
+        invalid += parsed.invalid
+        skipped += parsed.skipped
+    keys = [f"{p['platform']}:{p['post_id']}".encode() if type(p) is dict else f"{p.platform}:{p.post_id}".encode()
+            for p in out]
+    return Encoded(_wire_segments(out, partitions_for(keys, partitions)), len(out), invalid, skipped, records)
+
+
+def _wire_segments(posts: list, partitions: Sequence[int]) -> dict[int, Segment]:
+    """encode_segments with msgspec writing straight into each partition's buffer (no bytes object per post)."""
+    buffers: dict[int, bytearray] = {}
+    ends: dict[int, list[int]] = {}
+    encode_into = _wire_encoder.encode_into
+    for partition, post in zip(partitions, posts):
+        buf = buffers.get(partition)
+        if buf is None:
+            buf = buffers[partition] = bytearray()
+            ends[partition] = []
+        encode_into(post, buf, -1)
+        buf.append(44)  # b","
+        ends[partition].append(len(buf))
+    return {p: (bytes(buf), np.asarray(ends[p], dtype=np.int64)) for p, buf in buffers.items()}
 
 
 def _init_parser_process(aliases: dict[str, str]) -> None:

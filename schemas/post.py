@@ -384,3 +384,83 @@ def _missing(field: str):
 def make_post(**fields: Any) -> dict:
     """Build and validate a post from keyword fields (adapters and tests)."""
     return validate_post(fields)
+
+
+# --------------------------------------------------------------------------- bulk decoding
+# validate_post costs ≈3 µs a post on top of ≈2.5 µs of orjson.loads, and both run once per post
+# in the producer and again in the worker. msgspec decodes a whole JSON array straight into
+# typed objects and checks JSON types and most bounds in C while it parses, so only what it
+# cannot express (calendar, share rules, tag canonicalisation) is left to Python.
+# It is a fast path, never a second definition: a record it does not accept in full is handed
+# to validate_post, which gives the same post or names the reason.
+import msgspec  # noqa: E402  (kept next to the code that needs it)
+from typing import Annotated, Literal, Optional  # noqa: E402
+
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+_Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+
+
+class WirePost(msgspec.Struct, gc=False):
+    """A complete canonical post as the bulk decoder reads it; fields in FIELDS order, so its JSON
+    encoding is the canonical post's."""
+
+    platform: Literal[tuple(sorted(KNOWN_PLATFORMS))]  # type: ignore[valid-type]
+    post_id: _Id
+    author_id: _Id
+    author_handle: Annotated[str, msgspec.Meta(max_length=MAX_HANDLE_CHARS)]
+    author_followers: Annotated[int, msgspec.Meta(ge=0, le=MAX_FOLLOWERS)]
+    created_at: Annotated[str, msgspec.Meta(min_length=20, max_length=20)]
+    lang: Optional[Annotated[str, msgspec.Meta(max_length=MAX_LANG_CHARS)]]
+    text: Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)]
+    hashtags: Annotated[list[str], msgspec.Meta(max_length=MAX_HASHTAGS)]
+    is_share: bool
+    original_post_id: Optional[_Id]
+    likes: _Count
+    shares: _Count
+    replies: _Count
+    quotes: _Count
+
+
+assert WirePost.__struct_fields__ == FIELDS
+_wire_array = msgspec.json.Decoder(list[WirePost])
+
+
+def decode_wire_array(data: bytes) -> list[WirePost] | None:
+    """A JSON array whose every item is a complete canonical-shaped post → WirePosts; else None.
+
+    None means "take the general path" (a missing field, a wrong type, a bound, bad JSON):
+    the general path names the reason, this one never has to.
+    """
+    try:
+        return _wire_array.decode(data)
+    except Exception:  # noqa: BLE001 — any refusal just selects the general path
+        return None
+
+
+def finish_wire_post(post: WirePost) -> bool:
+    """Apply in place what validate_post's fast path does beyond types and bounds; False if the
+    post needs validate_post (an odd timestamp, an inconsistent share, a tag that is too long).
+
+    On True the post equals validate_post of the same JSON object, field for field.
+    """
+    created_at = post.created_at
+    if not (created_at[10] == "T" and created_at[19] == "Z" and MIN_CREATED_AT <= created_at < MAX_CREATED_AT
+            and _valid_canonical_time(created_at)):
+        return False
+    if post.is_share:
+        if post.original_post_id is None:
+            return False
+        post.likes = post.shares = post.replies = post.quotes = 0  # a share's counts belong to the original
+    elif post.original_post_id is not None:
+        return False
+    raw_tags = post.hashtags
+    hashtags: list[str] = []
+    for tag in raw_tags:
+        key = _canonical_cached(tag)
+        if key is not None and key not in hashtags:
+            if len(key) > MAX_HASHTAG_CHARS:
+                return False
+            hashtags.append(key)
+    if hashtags != raw_tags:
+        post.hashtags = hashtags
+    return True
