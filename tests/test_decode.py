@@ -99,3 +99,28 @@ def test_a_post_from_the_future_would_hold_the_watermark_hostage_so_it_is_refuse
     assert [d["reason"] for d in result.dead_letters] == ["timestamp_in_future:created_at"]
     assert [p["post_id"] for p in result.unique_posts] == ["g1", "g3"]
     assert state.max_event == 1432112400 + 599
+
+
+def test_fast_message_decoding_equals_the_item_by_item_path():
+    """Messages of clean canonical posts are decoded by msgspec in one call (decode._decode_wire_message);
+    every message must give the same posts, dead letters and skips as the item-by-item path."""
+    from functools import partial
+
+    from postkit import DECODE_EDITS, FINISH_EDITS, canonical_lines
+
+    from tagpulse import hostile
+
+    latest = decode._latest_allowed()
+    item_by_item = partial(decode.decode_record, latest_allowed=latest)
+    stream = hostile.hostile_stream(bad=300, valid=3000, seed=3)
+    messages = [m.value for m in stream.messages]
+    for seed, edits in enumerate(([], FINISH_EDITS, DECODE_EDITS)):
+        lines = canonical_lines(seed, edits)
+        messages += [b"[" + b",".join(lines[i:i + 40]) + b"]" for i in range(0, len(lines), 40)]
+        messages += [line for line in lines[:30]]   # single-post messages from other producers
+    fast = 0
+    for value in messages:
+        assert decode.decode_value(value, "raw/0/7") == decode.decode_value(value, "raw/0/7", item_by_item)
+        fast += decode._decode_wire_message(value, latest) is not None
+    assert fast >= 100   # the fast path was really taken
+    assert fast < len(messages) - 100   # and really refused odd messages

@@ -15,6 +15,7 @@ import pytest
 
 from producers import kafka_producer as kp
 from producers.adapters import MAX_RECORD_BYTES
+from postkit import DECODE_EDITS, FINISH_EDITS, canonical_lines
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,34 +163,6 @@ def _reference_block(block, fmt, source, first_line, partitions, at) -> kp.Encod
                       parsed.skipped, parsed.records)
 
 
-# Posts that decode as complete canonical objects yet need validate_post (the fast path sends
-# them through parse_lines one by one) ...
-FINISH_EDITS = [
-    {"created_at": "2015-02-30T00:00:00Z"}, {"created_at": "2015-05-20 09:00:00Z"},
-    {"created_at": "2005-12-31T23:59:59Z"}, {"created_at": "2100-01-01T00:00:00Z"},
-    {"is_share": True, "original_post_id": None}, {"is_share": False, "original_post_id": "p1"},
-    {"is_share": True, "original_post_id": "p1", "likes": 7}, {"hashtags": ["#Kafka", "kafka", "#", ""]},
-    {"hashtags": ["x" * 300]}, {"hashtags": ["t"] * 100}, {"author_followers": 2_000_000_000}, {"lang": None},
-    {"post_id": "é" * 2048}, {"extra": {"nested": [1, 2]}},
-]
-# ... and posts the bulk decoder refuses (its block goes to parse_lines whole).
-DECODE_EDITS = [
-    {"hashtags": ["t"] * 101}, {"author_followers": 2_000_000_001}, {"likes": 1.0}, {"text": "x" * 100_001},
-    {"post_id": "é" * 2049}, {"platform": "Mastodon"}, {"author_handle": None}, {"is_share": 0},
-]
-
-
-def _canonical_lines(seed: int, edits: list[dict]) -> list[bytes]:
-    from tagpulse import hostile
-
-    rng = random.Random(seed)
-    ctx = hostile.Context(rng)
-    lines = [orjson.dumps(ctx.post()) for _ in range(200)]
-    for edit in edits:
-        lines.insert(rng.randrange(len(lines)), orjson.dumps(dict(ctx.post(), **edit)))
-    return lines
-
-
 def test_fast_canonical_blocks_equal_the_reference_path():
     """The msgspec fast path is an optimisation only: same posts per partition (in order), same dead
     letters with the same line numbers, same counts, for clean blocks, blocks with odd posts and
@@ -204,11 +177,11 @@ def test_fast_canonical_blocks_equal_the_reference_path():
             item = make(ctx).item
             if item and b"\n" not in item and len(item) < 200_000:
                 hostile_lines.append(item)
-    clean = _canonical_lines(1, [])
-    odd = _canonical_lines(2, FINISH_EDITS)
+    clean = canonical_lines(1, [])
+    odd = canonical_lines(2, FINISH_EDITS)
     duplicate_keys = b'{"platform":"twitter","platform":"mastodon"' + clean[7][1:]
     blocks = [b"\n".join(clean), b"\n".join(odd), b"\n".join(odd[:9] + [duplicate_keys] + odd[9:]),
-              b"\n".join(_canonical_lines(3, DECODE_EDITS)), b"\n".join(clean[:50] + [b""] + clean[50:]),
+              b"\n".join(canonical_lines(3, DECODE_EDITS)), b"\n".join(clean[:50] + [b""] + clean[50:]),
               b"\n".join(clean[:10] + [b"  "] + clean[10:]), clean[0] + b" " + clean[1],
               b"\n".join(clean[:5] + hostile_lines[:20] + clean[5:]), b"\n".join(hostile_lines), clean[3] + b"\r"]
     fast_taken = 0

@@ -17,8 +17,10 @@ from functools import partial
 
 import orjson
 
-from producers.adapters import decode_json, parse_record_detailed
-from schemas.post import InvalidRecord, format_timestamp, validate_post
+import msgspec
+
+from producers.adapters import MAX_RECORD_BYTES, decode_json, parse_record_detailed
+from schemas.post import InvalidRecord, decode_wire_array, finish_wire_post, format_timestamp, validate_post
 
 from tagpulse.core.stage1 import RecordError
 
@@ -37,6 +39,7 @@ MAX_MESSAGE_DEAD_LETTERS = 1_000
 MAX_FUTURE_S = 600
 
 _clock = time.time
+_as_dict = msgspec.structs.asdict
 
 
 class PartlyInvalid(RecordError):
@@ -72,13 +75,17 @@ def decode_value(value: bytes, where: str, decode=None) -> tuple[list[dict], lis
     whole message, with source `where`.
     """
     decode = decode or decode_record
+    if decode is decode_record:
+        # One clock read per message, not per post.
+        latest = _latest_allowed()
+        posts = _decode_wire_message(value, latest)
+        if posts is not None:
+            return posts, [], 0
+        decode = partial(decode_record, latest_allowed=latest)
     try:
         items = decode_message(value)
     except RecordError as exc:
         return [], [dead_letter(value, exc.reason, where)], 0
-    if decode is decode_record:
-        # One clock read per message, not per post.
-        decode = partial(decode_record, latest_allowed=_latest_allowed())
     valid: list[dict] = []
     dead: list[dict] = []
     skipped = 0
@@ -99,6 +106,22 @@ def decode_value(value: bytes, where: str, decode=None) -> tuple[list[dict], lis
     if len(dead) > MAX_MESSAGE_DEAD_LETTERS:
         return [], [dead_letter(value, "too_many_invalid_items", where)], 0
     return valid, dead, skipped
+
+
+def _decode_wire_message(value, latest_allowed: str) -> list[dict] | None:
+    """The posts of a message that is an array of complete, clean canonical posts (what our
+    producer sends), decoded by msgspec in one call; None for anything else, which then takes the
+    item-by-item path. ≈2.3 instead of ≈5 µs a post; the same posts (schemas/post.py, WirePost)."""
+    if type(value) is not bytes or len(value) > MAX_RECORD_BYTES:
+        return None
+    posts = decode_wire_array(value)
+    if posts is None or len(posts) > MAX_MESSAGE_ITEMS:
+        return None
+    for post in posts:
+        # canonical timestamps compare as strings
+        if not finish_wire_post(post) or post.created_at > latest_allowed:
+            return None
+    return list(map(_as_dict, posts))
 
 
 _future_second = -1
