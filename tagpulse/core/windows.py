@@ -206,6 +206,18 @@ class PaneWindows:
         last = max(self.panes)
         return max((last // hop) * hop + size for size, hop in self.specs)
 
+    def window_ends(self, after: int, up_to: int, limit: int) -> list[int]:
+        """The first `limit` distinct ends in (after, up_to] of windows that hold a pane, ascending."""
+        if not self.panes:
+            return []
+        first, last = min(self.panes), max(self.panes)
+        ends: set[int] = set()
+        for size, hop in self.specs:
+            lo = max(after // hop + 1, first // hop + 1) * hop   # ends past `after` and past the first pane
+            hi = min(up_to // hop, (last // hop * hop + size) // hop) * hop
+            ends.update(range(lo, min(hi, lo + (limit - 1) * hop) + 1, hop))
+        return sorted(ends)[:limit]
+
     def oldest_needed(self, closed_to: int) -> int:
         """The first pane start that some window ending after closed_to still contains."""
         return min(((closed_to - size) // hop + 1) * hop for size, hop in self.specs)
@@ -284,13 +296,29 @@ class PaneWindows:
             lo = hi = 0  # block index range of the previous window
             merged: Reach | None = None
             body: dict | None = None
+            suffixes: list[Reach] | None = None  # suffixes[k - lo0]: blocks k..hi merged, for windows that only lose blocks
             n = len(block_starts)
             for start in starts:
                 i = bisect_left(block_starts, start, lo)
                 j = bisect_left(block_starts, start + size, max(i, hi))
                 if i == j:
                     continue
-                if merged is None or i != lo or j < hi:
+                if merged is not None and i > lo and j == hi and j - i > 1:
+                    # The window lost blocks at its start only (the end of a replay: windows sliding
+                    # past the last data). Merging each such window anew cost 12 + 11 + … merges per
+                    # key; suffix merges built once, right to left, cost one merge and a copy each.
+                    if suffixes is None:
+                        suffixes = [reaches[j - 1]]
+                        for k in range(j - 2, i - 1, -1):
+                            acc = suffixes[-1].copy()
+                            acc.merge(reaches[k])
+                            suffixes.append(acc)
+                        suffixes.reverse()
+                        suffix_base = i
+                    merged = suffixes[i - suffix_base]
+                    body = None
+                elif merged is None or i != lo or j < hi:
+                    suffixes = None
                     if j - i == 1:
                         merged = reaches[i]  # read only below: no copy needed
                     else:
@@ -299,6 +327,7 @@ class PaneWindows:
                             merged.merge(reaches[k])
                     body = None
                 elif j > hi:
+                    suffixes = None
                     merged = merged.copy()
                     for k in range(hi, j):
                         merged.merge(reaches[k])
@@ -331,8 +360,12 @@ class PaneWindows:
         block = blocks.get(start)
         if block is None:
             block = {}
-            for ps in range(start, start + hop, self.width):
-                pane = self.panes.get(ps)
+            # A day window's hour blocks come from the 5-minute blocks the hour windows built
+            # anyway (12 merges per key instead of 60), when a finer hop divides this one.
+            finer = max((h for h in self._blocks if h < hop and hop % h == 0), default=None)
+            step = finer or self.width
+            for ps in range(start, start + hop, step):
+                pane = self._block(finer, ps) if finer else self.panes.get(ps)
                 if not pane:
                     continue
                 for key, reach in pane.items():
