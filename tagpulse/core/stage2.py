@@ -32,10 +32,6 @@ STATE_VERSION = 2
 # the whole close is committed. Closing at most CLOSE_STEP seconds of window ends per step
 # (one transaction each) lets the sink insert while the rest is being assembled.
 CLOSE_STEP = 2 * 3600
-# ... and at most this many distinct window ends. The first step of a replay's end would otherwise
-# hold every 1 h window (twelve ends with the default 1h/5m windows) and two days' ends: 630k rows
-# for the 2 M-post benchmark, committed in one transaction while the sink had nothing to insert.
-CLOSE_STEP_ENDS = 4
 
 
 @dataclass
@@ -53,10 +49,9 @@ class Stage2Result:
 
 class MergeState:
     def __init__(self, partition: int, upstream_partitions: int, specs: tuple[WindowSpec, ...],
-                 close_step_s: int | None = CLOSE_STEP, close_step_ends: int = CLOSE_STEP_ENDS):
+                 close_step_s: int | None = CLOSE_STEP):
         self.partition = partition
         self.close_step_s = close_step_s
-        self.close_step_ends = close_step_ends
         self.upstream_partitions = upstream_partitions
         self.offset = -1
         # upstream partition -> [watermark or None, idle]
@@ -177,18 +172,11 @@ class MergeState:
         self._evicted.extend(self.windows.evict(new))
 
     def _next_stop(self, frontier: int) -> int:
-        """How far this close step goes: CLOSE_STEP seconds and CLOSE_STEP_ENDS ends of windows
-        holding data, or straight on when nothing is left. A function of the state only, so a
-        restart between steps stops at the same places."""
+        """How far this close step goes: CLOSE_STEP of window ends, or straight on when nothing is left."""
         old, step = self.final_until, self.close_step_s
-        if old is None or not step:
+        if old is None or not step or frontier - old <= step:
             return frontier
-        stop = min(frontier, old + step)
-        ends = self.windows.window_ends(old, stop, self.close_step_ends + 1)
-        if len(ends) > self.close_step_ends:
-            return ends[self.close_step_ends - 1]
-        if stop == frontier:
-            return frontier
+        stop = old + step
         last_end = self.windows.last_window_end()
         if self.window_shares:
             share_end = max(start + size for size, start, _tag, _platform in self.window_shares)

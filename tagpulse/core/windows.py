@@ -206,18 +206,6 @@ class PaneWindows:
         last = max(self.panes)
         return max((last // hop) * hop + size for size, hop in self.specs)
 
-    def window_ends(self, after: int, up_to: int, limit: int) -> list[int]:
-        """The first `limit` distinct ends in (after, up_to] of windows that hold a pane, ascending."""
-        if not self.panes:
-            return []
-        first, last = min(self.panes), max(self.panes)
-        ends: set[int] = set()
-        for size, hop in self.specs:
-            lo = max(after // hop + 1, first // hop + 1) * hop   # ends past `after` and past the first pane
-            hi = min(up_to // hop, (last // hop * hop + size) // hop) * hop
-            ends.update(range(lo, min(hi, lo + (limit - 1) * hop) + 1, hop))
-        return sorted(ends)[:limit]
-
     def oldest_needed(self, closed_to: int) -> int:
         """The first pane start that some window ending after closed_to still contains."""
         return min(((closed_to - size) // hop + 1) * hop for size, hop in self.specs)
