@@ -104,9 +104,13 @@ def post_key(post: dict) -> bytes:
 Segment = tuple[bytes, np.ndarray]      # (b'{post},{post},', int64 cumulative ends incl. commas)
 
 
-def encode_segments(posts: Sequence[Any], partitions: Sequence[int], dumps: Callable = orjson.dumps
-                    ) -> dict[int, Segment]:
-    """Objects and their partitions → one segment per partition (order kept within a partition)."""
+def encode_segments(posts: Sequence[Any], partitions: Sequence[int],
+                    write: Callable[[Any, bytearray], Any] | None = None) -> dict[int, Segment]:
+    """Objects and their partitions → one segment per partition (order kept within a partition).
+
+    `write(obj, buffer)` appends obj's JSON to the buffer; the default is orjson.
+    """
+    write = write or _orjson_write
     buffers: dict[int, bytearray] = {}
     ends: dict[int, list[int]] = {}
     for partition, post in zip(partitions, posts):
@@ -114,10 +118,18 @@ def encode_segments(posts: Sequence[Any], partitions: Sequence[int], dumps: Call
         if buf is None:
             buf = buffers[partition] = bytearray()
             ends[partition] = []
-        buf += dumps(post)
-        buf += b","
+        write(post, buf)
+        buf.append(44)  # b","
         ends[partition].append(len(buf))
     return {p: (bytes(buf), np.asarray(ends[p], dtype=np.int64)) for p, buf in buffers.items()}
+
+
+def _orjson_write(obj: Any, buf: bytearray) -> None:
+    buf += orjson.dumps(obj)
+
+
+def _append_encoded(item: bytes, buf: bytearray) -> None:
+    buf += item
 
 
 class Batcher:
@@ -144,7 +156,7 @@ class Batcher:
 
     def add_routed(self, partitions: Sequence[int], items: Sequence[bytes], now: float = 0.0) -> None:
         """Encoded items with their partitions (order kept within a partition)."""
-        for partition, segment in encode_segments(items, partitions, dumps=bytes).items():
+        for partition, segment in encode_segments(items, partitions, _append_encoded).items():
             self.add_segment(partition, *segment, now=now)
 
     def add_segment(self, partition: Any, blob: bytes, ends: np.ndarray, now: float = 0.0) -> None:
@@ -441,23 +453,13 @@ def _encode_wire_block(block: bytes, source: str, first_line: int, partitions: i
         skipped += parsed.skipped
     keys = [f"{p['platform']}:{p['post_id']}".encode() if type(p) is dict else f"{p.platform}:{p.post_id}".encode()
             for p in out]
-    return Encoded(_wire_segments(out, partitions_for(keys, partitions)), len(out), invalid, skipped, records)
+    return Encoded(encode_segments(out, partitions_for(keys, partitions), _wire_write), len(out), invalid, skipped,
+                   records)
 
 
-def _wire_segments(posts: list, partitions: Sequence[int]) -> dict[int, Segment]:
-    """encode_segments with msgspec writing straight into each partition's buffer (no bytes object per post)."""
-    buffers: dict[int, bytearray] = {}
-    ends: dict[int, list[int]] = {}
-    encode_into = _wire_encoder.encode_into
-    for partition, post in zip(partitions, posts):
-        buf = buffers.get(partition)
-        if buf is None:
-            buf = buffers[partition] = bytearray()
-            ends[partition] = []
-        encode_into(post, buf, -1)
-        buf.append(44)  # b","
-        ends[partition].append(len(buf))
-    return {p: (bytes(buf), np.asarray(ends[p], dtype=np.int64)) for p, buf in buffers.items()}
+def _wire_write(post: Any, buf: bytearray) -> None:
+    """msgspec writes straight into the partition's buffer: no bytes object per post."""
+    _wire_encoder.encode_into(post, buf, -1)
 
 
 def _init_parser_process(aliases: dict[str, str]) -> None:
