@@ -401,10 +401,20 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
     if not lat:
         return {"rate": round(rate), "seconds": seconds, "posts_sent": sent, "error": "no 1-minute window closed"}
     in_clickhouse = sorted(seen - (end + grace) for end, seen in visible if end in counted)
+    # Per window end, so a late boundary shows which one it was (a 5-minute or hour boundary also
+    # closes the 1 h or 24 h windows in the same step).
+    per_end: dict[int, list[float]] = {}
+    for size, end, arrived in rows:
+        if size == 60 and end in counted:
+            per_end.setdefault(end, []).append(arrived - (end + grace))
+    boundaries = [{"window_end": time.strftime("%H:%M:%S", time.gmtime(end)), "rows": len(v),
+                   "first_s": round(min(v), 3), "last_s": round(max(v), 3),
+                   "also_closing": [f"{size}s" for size, hop in ns.settings.windows if size != 60 and end % hop == 0]}
+                  for end, v in sorted(per_end.items())]
     return {"rate_posts_per_s": round(rate), "seconds": seconds, "posts_sent": sent, "rows": len(lat),
             "windows": len(counted), "p50_s_after_end_plus_grace": _pct(lat, 0.50),
             "p99_s_after_end_plus_grace": _pct(lat, 0.99), "max_s_after_end_plus_grace": round(lat[-1], 3),
-            "measured_at": "row read from the windows topic",
+            "measured_at": "row read from the windows topic", "boundaries": boundaries,
             "clickhouse": {"rows": len(in_clickhouse), "p50_s_after_end_plus_grace": _pct(in_clickhouse, 0.50),
                            "p99_s_after_end_plus_grace": _pct(in_clickhouse, 0.99),
                            "measured_at": f"row counted in reach_windows (polled every {CLICKHOUSE_POLL_S} s)"}}
