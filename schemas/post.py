@@ -28,7 +28,9 @@ import math
 import re
 from functools import lru_cache
 from datetime import datetime, timezone
-from typing import Any, TypedDict
+from typing import Annotated, Any, Literal, Optional, TypedDict
+
+import msgspec
 
 from tagpulse.core.hashtags import _canonical_cached  # memoised canonical_tag without the type guard
 
@@ -243,8 +245,7 @@ def validate_post(obj: Any) -> dict:
             and type(author_id) is str and 0 < len(author_id) <= MAX_ID_CHARS
             and type(handle) is str and len(handle) <= MAX_HANDLE_CHARS
             and type(fans) is int and 0 <= fans <= MAX_FOLLOWERS
-            and type(created_at) is str and len(created_at) == 20 and created_at[10] == "T"
-            and created_at[19] == "Z" and MIN_CREATED_AT <= created_at < MAX_CREATED_AT
+            and type(created_at) is str and _is_canonical_time(created_at)
             and (lang is None or type(lang) is str and len(lang) <= MAX_LANG_CHARS)
             and type(text) is str and len(text) <= MAX_TEXT_CHARS
             and type(raw_tags) is list and len(raw_tags) <= MAX_HASHTAGS
@@ -252,18 +253,9 @@ def validate_post(obj: Any) -> dict:
                  and type(likes) is int and 0 <= likes <= MAX_COUNT and type(shares) is int and 0 <= shares <= MAX_COUNT
                  and type(replies) is int and 0 <= replies <= MAX_COUNT
                  and type(quotes) is int and 0 <= quotes <= MAX_COUNT
-                 or is_share is True and type(original) is str and 0 < len(original) <= MAX_ID_CHARS)
-            and _valid_canonical_time(created_at)):
+                 or is_share is True and type(original) is str and 0 < len(original) <= MAX_ID_CHARS)):
         return _validate_general(obj)
-    hashtags = []
-    for tag in raw_tags:
-        if type(tag) is not str:
-            raise InvalidRecord("wrong_type:hashtags")
-        key = _canonical_cached(tag)
-        if key is not None and key not in hashtags:
-            if len(key) > MAX_HASHTAG_CHARS:
-                raise InvalidRecord("hashtag_too_long")
-            hashtags.append(key)
+    hashtags = hashtag_keys(raw_tags)
     if is_share:
         likes = shares = replies = quotes = 0  # a share's counts belong to the original
     return {
@@ -302,8 +294,7 @@ def _validate_general(obj: Any) -> dict:
         fans = followers(fans)
 
     created_at = get("created_at")
-    if (type(created_at) is not str or len(created_at) != 20 or created_at[19] != "Z" or created_at[10] != "T"
-            or not MIN_CREATED_AT <= created_at < MAX_CREATED_AT or not _valid_canonical_time(created_at)):
+    if type(created_at) is not str or not _is_canonical_time(created_at):
         created_at = check_timestamp(created_at) if created_at is not None else _missing("created_at")
 
     lang = get("lang")
@@ -320,19 +311,7 @@ def _validate_general(obj: Any) -> dict:
     elif len(text) > MAX_TEXT_CHARS:
         text = text[:MAX_TEXT_CHARS]
 
-    raw_tags = get("hashtags")
-    if type(raw_tags) is list and len(raw_tags) <= MAX_HASHTAGS:
-        hashtags = []
-        for tag in raw_tags:
-            if type(tag) is not str:
-                raise InvalidRecord("wrong_type:hashtags")
-            key = _canonical_cached(tag)
-            if key is not None and key not in hashtags:
-                if len(key) > MAX_HASHTAG_CHARS:
-                    raise InvalidRecord("hashtag_too_long")
-                hashtags.append(key)
-    else:
-        hashtags = hashtag_keys(raw_tags)
+    hashtags = hashtag_keys(get("hashtags"))
 
     is_share = get("is_share", False)
     if is_share is not False and is_share is not True:
@@ -367,6 +346,12 @@ def _validate_general(obj: Any) -> dict:
     }
 
 
+def _is_canonical_time(value: str) -> bool:
+    """`YYYY-MM-DDTHH:MM:SSZ`, a real calendar time, within the bounds: kept as it is."""
+    return (len(value) == 20 and value[10] == "T" and value[19] == "Z" and MIN_CREATED_AT <= value < MAX_CREATED_AT
+            and _valid_canonical_time(value))
+
+
 @lru_cache(maxsize=1 << 14)
 def _valid_canonical_time(value: str) -> bool:
     """Calendar check of a canonical-shaped timestamp; memoised because a stream repeats seconds."""
@@ -393,9 +378,6 @@ def make_post(**fields: Any) -> dict:
 # cannot express (calendar, share rules, tag canonicalisation) is left to Python.
 # It is a fast path, never a second definition: a record it does not accept in full is handed
 # to validate_post, which gives the same post or names the reason.
-import msgspec  # noqa: E402  (kept next to the code that needs it)
-from typing import Annotated, Literal, Optional  # noqa: E402
-
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 _Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 
@@ -443,9 +425,7 @@ def finish_wire_post(post: WirePost) -> bool:
 
     On True the post equals validate_post of the same JSON object, field for field.
     """
-    created_at = post.created_at
-    if not (created_at[10] == "T" and created_at[19] == "Z" and MIN_CREATED_AT <= created_at < MAX_CREATED_AT
-            and _valid_canonical_time(created_at)):
+    if not _is_canonical_time(post.created_at):
         return False
     if post.is_share:
         if post.original_post_id is None:
@@ -453,14 +433,10 @@ def finish_wire_post(post: WirePost) -> bool:
         post.likes = post.shares = post.replies = post.quotes = 0  # a share's counts belong to the original
     elif post.original_post_id is not None:
         return False
-    raw_tags = post.hashtags
-    hashtags: list[str] = []
-    for tag in raw_tags:
-        key = _canonical_cached(tag)
-        if key is not None and key not in hashtags:
-            if len(key) > MAX_HASHTAG_CHARS:
-                return False
-            hashtags.append(key)
-    if hashtags != raw_tags:
+    try:
+        hashtags = hashtag_keys(post.hashtags)
+    except InvalidRecord:  # a key over MAX_HASHTAG_CHARS: validate_post names it
+        return False
+    if hashtags != post.hashtags:
         post.hashtags = hashtags
     return True
