@@ -397,16 +397,16 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
     # Only 1-minute windows that closed while posts were still flowing (not via the idle timeout).
     ends = sorted({end for size, end, _ in rows if size == 60})
     counted = set(ends[:-1])
-    lat = sorted(arrived - (end + grace) for size, end, arrived in rows if size == 60 and end in counted)
-    if not lat:
-        return {"rate": round(rate), "seconds": seconds, "posts_sent": sent, "error": "no 1-minute window closed"}
-    in_clickhouse = sorted(seen - (end + grace) for end, seen in visible if end in counted)
     # Per window end, so a late boundary shows which one it was (a 5-minute or hour boundary also
     # closes the 1 h or 24 h windows in the same step).
     per_end: dict[int, list[float]] = {}
     for size, end, arrived in rows:
         if size == 60 and end in counted:
             per_end.setdefault(end, []).append(arrived - (end + grace))
+    lat = sorted(x for v in per_end.values() for x in v)
+    if not lat:
+        return {"rate": round(rate), "seconds": seconds, "posts_sent": sent, "error": "no 1-minute window closed"}
+    in_clickhouse = sorted(seen - (end + grace) for end, seen in visible if end in counted)
     boundaries = [{"window_end": time.strftime("%H:%M:%S", time.gmtime(end)), "rows": len(v),
                    "first_s": round(min(v), 3), "last_s": round(max(v), 3),
                    "also_closing": [f"{size}s" for size, hop in ns.settings.windows if size != 60 and end % hop == 0]}

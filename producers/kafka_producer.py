@@ -104,13 +104,16 @@ def post_key(post: dict) -> bytes:
 Segment = tuple[bytes, np.ndarray]      # (b'{post},{post},', int64 cumulative ends incl. commas)
 
 
+def _orjson_write(obj: Any, buf: bytearray) -> None:
+    buf += orjson.dumps(obj)
+
+
 def encode_segments(posts: Sequence[Any], partitions: Sequence[int],
-                    write: Callable[[Any, bytearray], Any] | None = None) -> dict[int, Segment]:
+                    write: Callable[[Any, bytearray], Any] = _orjson_write) -> dict[int, Segment]:
     """Objects and their partitions → one segment per partition (order kept within a partition).
 
-    `write(obj, buffer)` appends obj's JSON to the buffer; the default is orjson.
+    `write(obj, buffer)` appends obj's JSON to the buffer.
     """
-    write = write or _orjson_write
     buffers: dict[int, bytearray] = {}
     ends: dict[int, list[int]] = {}
     for partition, post in zip(partitions, posts):
@@ -122,10 +125,6 @@ def encode_segments(posts: Sequence[Any], partitions: Sequence[int],
         buf.append(44)  # b","
         ends[partition].append(len(buf))
     return {p: (bytes(buf), np.asarray(ends[p], dtype=np.int64)) for p, buf in buffers.items()}
-
-
-def _orjson_write(obj: Any, buf: bytearray) -> None:
-    buf += orjson.dumps(obj)
 
 
 def _append_encoded(item: bytes, buf: bytearray) -> None:
@@ -451,8 +450,7 @@ def _encode_wire_block(block: bytes, source: str, first_line: int, partitions: i
         out += parsed.posts
         invalid += parsed.invalid
         skipped += parsed.skipped
-    keys = [f"{p['platform']}:{p['post_id']}".encode() if type(p) is dict else f"{p.platform}:{p.post_id}".encode()
-            for p in out]
+    keys = [post_key(p) if type(p) is dict else f"{p.platform}:{p.post_id}".encode() for p in out]
     return Encoded(encode_segments(out, partitions_for(keys, partitions), _wire_write), len(out), invalid, skipped,
                    records)
 

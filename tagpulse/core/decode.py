@@ -15,9 +15,8 @@ import time
 from datetime import datetime, timezone
 from functools import partial
 
-import orjson
-
 import msgspec
+import orjson
 
 from producers.adapters import MAX_RECORD_BYTES, decode_json, parse_record_detailed
 from schemas.post import InvalidRecord, decode_wire_array, finish_wire_post, format_timestamp, validate_post

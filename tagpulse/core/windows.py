@@ -284,7 +284,8 @@ class PaneWindows:
             lo = hi = 0  # block index range of the previous window
             merged: Reach | None = None
             body: dict | None = None
-            suffixes: list[Reach] | None = None  # suffixes[k - lo0]: blocks k..hi merged, for windows that only lose blocks
+            # suffixes[k - suffix_base]: blocks k..j-1 merged, for windows that only lose blocks at their start
+            suffixes: list[Reach] | None = None
             n = len(block_starts)
             for start in starts:
                 i = bisect_left(block_starts, start, lo)
