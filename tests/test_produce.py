@@ -298,6 +298,37 @@ def test_produce_mastodon_data_and_bad_lines(namespace_settings, shared_data, tm
     assert all(r["stage"] == "produce" for r in records)
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("jobs", ["0", "2"])
+def test_produce_canonical_jsonl_through_the_fast_path(namespace_settings, tmp_path, capsys, jobs):
+    """Canonical JSONL (the msgspec fast path), odd posts included, through `tagpulse produce` into the real
+    broker: the raw topic holds exactly the reference path's posts, routed, and the odd ones are dead letters."""
+    from tagpulse.cli import main
+
+    settings = namespace_settings
+    lines = canonical_lines(4, FINISH_EDITS)
+    path = tmp_path / "canonical.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    reference = kp.parse_lines(lines, "canonical", str(path), first_line=1, at=1.0)
+    assert kp._encode_wire_block(b"\n".join(lines), str(path), 1, 4, 1.0) is not None  # the fast path applies
+
+    assert main(["produce", "--jobs", jobs, str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"sent {len(reference.posts)} posts" in err and f"{len(reference.invalid)} invalid" in err
+
+    raw = asyncio.run(_read(settings, settings.topics.raw, len(reference.posts)))
+    partitions = asyncio.run(_partition_count(settings))
+    got = []
+    for partition, _key, value in raw:
+        for post in value:
+            assert kp.partitions_for([kp.post_key(post)], partitions) == [partition]
+        got += value
+    assert sorted(orjson.dumps(p) for p in got) == sorted(orjson.dumps(p) for p in reference.posts)
+    dead = asyncio.run(_read(settings, settings.topics.dead_letters, len(reference.invalid)))
+    assert sorted((r["reason"], r["source"]) for _, _, value in dead for r in value) == sorted(
+        (r["reason"], r["source"]) for r in reference.invalid)
+
+
 async def _partition_count(settings) -> int:
     from aiokafka import AIOKafkaProducer
 
