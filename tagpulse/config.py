@@ -63,7 +63,12 @@ def parse_window_specs(text: str) -> tuple[tuple[int, int], ...]:
         specs.append((size, hop))
     if not specs:
         raise SystemExit("tagpulse: TAGPULSE_WINDOWS names no window")
-    return tuple(sorted(set(specs)))
+    specs = sorted(set(specs))
+    sizes = [size for size, _ in specs]
+    if len(set(sizes)) != len(sizes):
+        # A window row is named by its size and start: two hops of one size would collide.
+        raise SystemExit(f"tagpulse: TAGPULSE_WINDOWS {text!r}: one hop per window size")
+    return tuple(specs)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from tagpulse.core.stage2 import MergeState
 from tagpulse.core.windows import IncompatibleState
 
 SPECS = ((60, 60), (3600, 300), (86400, 3600))
+T0 = 1432080000  # 2015-05-20T00:00:00Z
 OLD_STAGE1 = b"TPD1" + (2).to_bytes(4, "little") + b"{}"
 OLD_STAGE2 = orjson.dumps({"o": 5, "u": {"0": [100, False]}, "f": None,
                            "a": [[60, 0, "tag", "twitter", 1, 0, 5, 0, {"a": 5}]], "x": []})
@@ -39,6 +40,15 @@ def test_stage2_refuses_an_unversioned_changelog_and_restores_its_own():
     restored = MergeState(0, 1, SPECS)
     restored.apply_delta(live.delta())
     assert restored.panes.keys() == live.panes.keys() and restored.offset == 0
+
+
+def test_stage2_continues_a_version_2_changelog_with_its_one_closed_to_time_for_every_size():
+    merge = MergeState(0, 1, SPECS)
+    merge.apply_delta(orjson.dumps({"v": 2, "o": 4, "u": {"0": [T0 + 70, False]}, "f": T0 + 60,
+                                    "a": [[T0 + 60, "a", "twitter", 1, 0, 3, 0, {"x": 3}]], "w": [], "x": []}))
+    assert merge.closed == {60: T0 + 60, 3600: T0 + 60, 86400: T0 + 60} and merge.offset == 4
+    out = merge.process([(5, orjson.dumps({"src": 0, "wm": T0 + 130, "idle": False, "rows": []}))])
+    assert [(r["window_size"], r["window_start"]) for r in out.rows] == [(60, T0 + 60)]
 
 
 @pytest.mark.integration

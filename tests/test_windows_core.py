@@ -44,6 +44,14 @@ def test_window_starts_cover_exactly_the_windows_containing_t():
             assert all(s % hop == 0 and s <= t < s + size for s in starts)
 
 
+def test_window_specs_take_one_hop_per_size():
+    from tagpulse.config import parse_window_specs
+
+    assert parse_window_specs("24h/1h, 1m,1h/5m,1m") == SPECS
+    with pytest.raises(SystemExit, match="one hop per window size"):
+        parse_window_specs("1h/5m,1h/10m")
+
+
 def test_pane_width_is_gcd():
     assert pane_width(SPECS) == 60
     assert pane_width(((90, 30), (120, 120))) == 30
@@ -155,7 +163,7 @@ def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None):
                     for d in logs2[q]:
                         fresh.apply_delta(d)
                     assert fresh.panes.keys() == s2[q].panes.keys()
-                    assert fresh.final_until == s2[q].final_until
+                    assert fresh.closed == s2[q].closed
                     s2[q] = fresh
                 if not s2[q].pending():
                     break
@@ -249,17 +257,17 @@ def test_a_long_jump_of_the_frontier_closes_in_steps_with_the_rows_of_one_close(
     jump = orjson.dumps({"src": 0, "wm": T0 + 3 * 86400, "idle": True, "rows": []})
 
     whole = MergeState(0, 1, SPECS, close_step_s=None)
-    expected = whole.process([(0, first)]).rows + whole.process([(1, jump)]).rows
+    expected = process_all(whole, [(0, first)]).rows + process_all(whole, [(1, jump)]).rows
 
     stepped = MergeState(0, 1, SPECS, close_step_s=3600)
-    rows = stepped.process([(0, first)]).rows
+    rows = process_all(stepped, [(0, first)]).rows
     log = [stepped.delta()]
     out, bounds = stepped.process([(1, jump)]), []
     while True:
         bounds.append(stepped.final_until)
         rows += out.rows
         log.append(stepped.delta())
-        assert all(r["window_end"] <= stepped.final_until for r in out.rows)
+        assert all(r["window_end"] <= stepped.closed[r["window_size"]] for r in out.rows)
         if not stepped.pending():
             break
         out = stepped.close_step()
@@ -267,7 +275,7 @@ def test_a_long_jump_of_the_frontier_closes_in_steps_with_the_rows_of_one_close(
     for key in {(r["tag"], r["window_size"]) for r in rows}:  # window order per key (the spike detector)
         starts = [r["window_start"] for r in rows if (r["tag"], r["window_size"]) == key]
         assert starts == sorted(starts)
-    assert len(bounds) > 20 and all(b - a <= 3600 for a, b in zip(bounds, bounds[1:-1]))
+    assert len(bounds) > 20 and all(0 <= b - a <= 3600 for a, b in zip(bounds, bounds[1:-1]))
     assert bounds[-1] == T0 + 3 * 86400  # past the last window holding a pane: straight to the frontier
 
     # A restart between two steps: the close is finished before the next record is applied.
@@ -281,6 +289,59 @@ def test_a_long_jump_of_the_frontier_closes_in_steps_with_the_rows_of_one_close(
     done = len(rows) - len(res.rows)
     assert rows[done:] == res.rows and not restored.pending()
     assert sum(res.late.values()) == 5 * (1 + 12 + 24)  # late for every window of its pane, as without the crash
+
+
+def _boundary_messages(end: int) -> list[bytes]:
+    """Panes of two tags over the hour before `end`, then the watermark that passes `end`."""
+    panes = [[end - 3600 + 60 * k, tag, "twitter", 1, 0, 10, 0, {f"u{k % 5}": 10 + k}]
+             for k in range(60) for tag in ("a", "b")]
+    return [orjson.dumps({"src": 0, "wm": end - 1, "idle": False, "rows": panes}),
+            orjson.dumps({"src": 0, "wm": end + 30, "idle": False, "rows": []})]
+
+
+def test_a_boundary_emits_its_minute_rows_before_assembling_the_hour_windows():
+    """The 1-minute rows of a boundary that also closes 1 h windows come in a step of their own."""
+    end = T0 + 7200  # a whole hour: the 1 m, 1 h and 24 h windows all have ends here
+    first, boundary = _boundary_messages(end)
+    merge = MergeState(0, 1, SPECS)
+    process_all(merge, [(0, first)])
+    merge.delta()
+    steps = [merge.process([(1, boundary)])]
+    deltas = [merge.delta()]
+    while merge.pending():
+        steps.append(merge.close_step())
+        deltas.append(merge.delta())
+    assert [{r["window_size"] for r in s.rows} for s in steps] == [{60}, {3600}, {86400}]
+    assert [r["window_end"] for r in steps[0].rows] == [end, end]
+    assert len(steps[1].rows) == 2 and len(steps[2].rows) == 2 and merge.final_until == end + 30
+
+    # A plain minute needs one step: the longer sizes move along without a step of their own.
+    minute = orjson.dumps({"src": 0, "wm": end + 90, "idle": False,
+                           "rows": [[end, "a", "twitter", 1, 0, 5, 0, {"v": 5}]]})
+    out = merge.process([(2, minute)])
+    assert [r["window_size"] for r in out.rows] == [60] and not merge.pending()
+    assert merge.closed == {60: end + 90, 3600: end + 90, 86400: end + 90}
+
+    # A restart after the minute step: the hour and day windows come next, and a record arriving
+    # meanwhile meets the close finished first, as it would have without the restart.
+    restored = MergeState(0, 1, SPECS)
+    for d in _deltas_until_first_step(first, boundary):
+        restored.apply_delta(d)
+    assert restored.closed == {60: end + 30, 3600: end - 1, 86400: end - 1} and restored.pending()
+    straggler = orjson.dumps({"src": 0, "wm": end + 30, "idle": False,
+                              "rows": [[end - 60, "a", "twitter", 4, 0, 1, 0, {"z": 1}]]})
+    res = restored.process([(2, straggler)])
+    assert sorted(res.rows, key=row_key) == sorted(steps[1].rows + steps[2].rows, key=row_key)
+    # Late for the windows ending at the boundary; those ending later are open and hold it.
+    assert res.late == {("a", "twitter", size, end - size): 4 for size in (60, 3600, 86400)}
+
+
+def _deltas_until_first_step(first: bytes, boundary: bytes) -> list[bytes]:
+    merge = MergeState(0, 1, SPECS)
+    process_all(merge, [(0, first)])
+    deltas = [merge.delta()]
+    merge.process([(1, boundary)])
+    return deltas + [merge.delta()]
 
 
 def test_bad_records_become_dead_letters_and_do_not_stop_the_batch():

@@ -210,8 +210,9 @@ class PaneWindows:
         """The first pane start that some window ending after closed_to still contains."""
         return min(((closed_to - size) // hop + 1) * hop for size, hop in self.specs)
 
-    def close(self, old: int | None, new: int, extras: dict[tuple, Reach] | None = None) -> list[dict]:
-        """Rows of the windows ending in (old, new] that hold at least one post.
+    def close(self, old: int | None, new: int, extras: dict[tuple, Reach] | None = None,
+              size: int | None = None) -> list[dict]:
+        """Rows of the windows ending in (old, new] that hold at least one post (of one size if given).
 
         `extras` maps (size, start, tag, platform) to a share of one window only
         (posts that reached it after their pane); the ones of closing windows are
@@ -222,20 +223,23 @@ class PaneWindows:
         extras = extras if extras else None
         if self.panes:
             pane_starts = None
-            for size, hop in self.specs:
+            for spec_size, hop in self.specs:
+                if size is not None and spec_size != size:
+                    continue
                 if old is not None and new // hop == old // hop:
                     continue  # window ends are multiples of the hop: none of this spec ended
                 if pane_starts is None:
                     pane_starts = sorted(self.panes)
-                starts = self._closing_starts(pane_starts, size, hop, old, new)
+                starts = self._closing_starts(pane_starts, spec_size, hop, old, new)
                 if starts:
-                    self._close_spec(size, hop, starts, rows, extras)
+                    self._close_spec(spec_size, hop, starts, rows, extras)
         if extras:
-            alone = [key for key in extras if key[0] + key[1] <= new]
+            alone = [key for key in extras if key[0] + key[1] <= new and (size is None or key[0] == size)]
             if alone:
                 # Windows that only late shares reached: place them in window order.
-                for size, start, tag, platform in alone:
-                    rows.append(extras.pop((size, start, tag, platform)).row(tag, platform, size, start))
+                for key in alone:
+                    share_size, start, tag, platform = key
+                    rows.append(extras.pop(key).row(tag, platform, share_size, start))
                 rows.sort(key=_window_order)
         return rows
 
