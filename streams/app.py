@@ -256,7 +256,12 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
             metrics_stage2(partition, result, state)
             if last:
                 break
-            result = state.close_step()
+            # The later steps (the 1 h and day windows of every tag, a replay's end) hold the CPU
+            # for a second or more. In a thread, the event loop keeps fetching and committing in
+            # between (the GIL switches every 5 ms): the other partitions' 1-minute rows of the
+            # same boundary do not wait for this one's long windows. Only this task touches
+            # the partition's state meanwhile: it holds the partition's lock.
+            result = await asyncio.to_thread(state.close_step)
         task.last_activity = time.monotonic()
 
 
