@@ -41,6 +41,15 @@ RETRIABLE_TXN_ERRORS = (ConcurrentTransactions, CoordinatorLoadInProgressError, 
                         KafkaConnectionError, NotCoordinatorError, RequestTimedOutError)
 
 
+# Kafka 3.6+ brokers verify that a transactional produce belongs to an ongoing transaction
+# (KIP-890); when that check meets the previous transaction still completing, a client on
+# aiokafka's produce version gets NOT_ENOUGH_REPLICAS (KAFKA-15459) and retries after
+# retry_backoff_ms. With the default 100 ms, ≈1 transaction a second of a live worker paid
+# 100 ms or more (the warnings in the worker log); 20 ms is the Java client's backoff for the
+# same race on AddPartitionsToTxn (KAFKA-5477). Idempotence keeps retries duplicate-free.
+TXN_RETRY_BACKOFF_MS = 20
+
+
 class PartitionLost(Exception):
     """Another worker owns the partition now (we were fenced); drop it."""
 
@@ -92,16 +101,17 @@ class PartitionTask:
     @classmethod
     async def open(cls, *, bootstrap: str, app_id: str, stage: str, source_topic: str, partition: int,
                    changelog_topic: str, state, producer_config: dict | None = None) -> "PartitionTask":
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            transactional_id=f"{app_id}-{stage}-{partition}",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_request_size=MAX_MESSAGE_BYTES + 100_000,
+        producer = AIOKafkaProducer(**{
+            "bootstrap_servers": bootstrap,
+            "transactional_id": f"{app_id}-{stage}-{partition}",
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 5,
+            "max_request_size": MAX_MESSAGE_BYTES + 100_000,
+            "retry_backoff_ms": TXN_RETRY_BACKOFF_MS,
             **client_kwargs(),
             **(producer_config or {}),
-        )
+        })
         await producer.start()  # init_transactions: fences the previous owner
         try:
             applied = await restore_changelog(bootstrap, changelog_topic, partition, state.apply_delta)
