@@ -51,6 +51,43 @@ def test_stage2_continues_a_version_2_changelog_with_its_one_closed_to_time_for_
     assert [(r["window_size"], r["window_start"]) for r in out.rows] == [(60, T0 + 60)]
 
 
+def test_stage1_changelog_holds_the_posts_of_a_batch_not_the_panes_they_touched():
+    from test_windows_core import make_post, passthrough
+
+    live = DedupWindowState(0, SPECS, 10, 86400, decode=passthrough)
+    busy = [make_post(i, T0 + i % 50, ["busy"], i, 100 + i) for i in range(1000)]
+    live.process([(0, orjson.dumps(busy))])
+    first = live.delta()
+    live.process([(1, orjson.dumps(make_post(1000, T0 + 51, ["busy"], 1000, 7)))])
+    second = live.delta()
+    # One post more in a pane of 1000 authors: the delta carries that post, not the pane.
+    assert len(second) < 300 < len(first) // 10
+    restored = DedupWindowState(0, SPECS, 10, 86400, decode=passthrough)
+    for d in (first, second):
+        restored.apply_delta(d)
+    assert restored.panes == live.panes and restored.offset == 1 and len(restored.dedup) == 1001
+
+
+def test_stage1_continues_a_changelog_of_pane_snapshots():
+    """TPD2 records (each touched pane whole) followed by TPD3 ones (the folded posts)."""
+    import struct
+
+    from test_windows_core import make_post, passthrough
+
+    live = DedupWindowState(0, SPECS, 10, 86400, decode=passthrough)
+    live.process([(0, orjson.dumps([make_post(i, T0 + i, ["a", "b"], i % 3, 10 * i) for i in range(6)]))])
+    live.delta()
+    head = orjson.dumps({"o": 0, "me": live.max_event, "wm": live.watermark, "idle": False, "x": [], "e": None,
+                         "p": [[ps, tag, platform, reach.to_list()] for ps, pane in live.panes.items()
+                               for (tag, platform), reach in pane.items()]})
+    snapshot = struct.pack("<4sI", b"TPD2", len(head)) + head
+    live.process([(1, orjson.dumps([make_post(9, T0 + 20, ["a"], 1, 99)]))])
+    restored = DedupWindowState(0, SPECS, 10, 86400, decode=passthrough)
+    restored.apply_delta(snapshot)
+    restored.apply_delta(live.delta())
+    assert restored.panes == live.panes and restored.offset == 1
+
+
 @pytest.mark.integration
 def test_the_worker_stops_with_78_and_says_why_instead_of_restarting(namespace_settings, tmp_path):
     from streamkit import REPO, produce_posts, run, worker_env

@@ -63,10 +63,15 @@ def _epoch_cached(created_at: str) -> int:
 
 # Changelog delta = magic, length of the JSON part, JSON part, then the new dedup
 # keys (int64) and their times (uint32) as raw little-endian arrays: ten million
-# keys restore in a second instead of parsing ten million JSON pairs. TPD2: panes
-# leave the state when they are shipped (TPD1 kept them until their windows closed
-# here and shipped windows, so its state cannot be continued).
-DELTA_MAGIC = b"TPD2"
+# keys restore in a second instead of parsing ten million JSON pairs. Panes leave
+# the state when they are shipped (TPD1 kept them until their windows closed here
+# and shipped windows, so its state cannot be continued). TPD3 records the posts
+# folded since the previous delta, in their compact pane form, and a restore folds
+# them again; TPD2 wrote every pane a batch touched whole, author map included, so a
+# live partition (a batch every 0.1 s, each touching the busy tags' minute-old panes)
+# wrote as many changelog bytes as raw posts came in. TPD2 records are still read.
+DELTA_MAGIC = b"TPD3"
+_PANE_SNAPSHOTS_MAGIC = b"TPD2"
 _DELTA_HEAD = struct.Struct("<4sI")
 
 
@@ -135,7 +140,8 @@ class DedupWindowState:
         # changes since the last delta()
         self._new_keys: list[int] = []
         self._new_times: list[int] = []
-        self._dirty: set[tuple[int, str, str]] = set()
+        # [pane start, platform, author, followers, is_share, engagement, tags] per folded post
+        self._folded: list[list] = []
         self._evicted: list[int] = []
         self._expired_to: int | None = None
 
@@ -231,23 +237,23 @@ class DedupWindowState:
                         reach.add_post(*share)
 
     def _fold(self, post: dict, ps: int) -> None:
+        fold = [ps, post["platform"], post["author_id"], post["author_followers"], post["is_share"],
+                post_engagement(post), post["hashtags"]]
+        self._folded.append(fold)
+        self._fold_fields(*fold)
+
+    def _fold_fields(self, ps: int, platform: str, author: str, followers: int, is_share: bool,
+                     engagement: int, tags: list[str]) -> None:
         panes = self.panes
         pane = panes.get(ps)
         if pane is None:
             pane = panes[ps] = {}
             heapq.heappush(self._pane_heap, ps)
-        platform = post["platform"]
-        author = post["author_id"]
-        followers = post["author_followers"]
-        is_share = post["is_share"]
-        engagement = post_engagement(post)
-        dirty = self._dirty
-        for tag in post["hashtags"]:
+        for tag in tags:
             reach = pane.get((tag, platform))
             if reach is None:
                 reach = pane[(tag, platform)] = Reach()
             reach.add_post(author, followers, is_share, engagement)
-            dirty.add((ps, tag, platform))
 
     # ------------------------------------------------------------ watermark
     def advance_idle(self, wall_now: float) -> Stage1Result:
@@ -288,25 +294,25 @@ class DedupWindowState:
     # ------------------------------------------------------------ changelog
     def delta(self) -> bytes:
         """Changes since the previous delta(), for the changelog; resets the tracking."""
-        panes = [[ps, tag, platform, self.panes[ps][(tag, platform)].to_list()]
-                 for ps, tag, platform in self._dirty if ps in self.panes]
+        panes = self.panes
         body = {
             "o": self.offset,
             "me": self.max_event,
             "wm": self.watermark,
             "idle": self.idle,
-            "p": panes,
+            # posts of panes shipped in this batch already are not needed to restore
+            "f": [fold for fold in self._folded if fold[0] in panes],
             "x": self._evicted,
             "e": self._expired_to,
         }
         keys = np.array(self._new_keys, np.int64).tobytes()
         times = np.array([min(max(t, 0), 0xFFFFFFFF) for t in self._new_times], np.uint32).tobytes()
-        self._new_keys, self._new_times, self._dirty, self._evicted = [], [], set(), []
+        self._new_keys, self._new_times, self._folded, self._evicted = [], [], [], []
         head = orjson.dumps(body)
         return _DELTA_HEAD.pack(DELTA_MAGIC, len(head)) + head + keys + times
 
     def apply_delta(self, raw: bytes) -> None:
-        if raw[:4] != DELTA_MAGIC:
+        if raw[:4] not in (DELTA_MAGIC, _PANE_SNAPSHOTS_MAGIC):
             raise IncompatibleState(f"stage 1 partition {self.partition}: changelog record of format "
                                     f"{raw[:4]!r}, expected {DELTA_MAGIC!r}")
         _, head_len = _DELTA_HEAD.unpack_from(raw)
@@ -320,7 +326,9 @@ class DedupWindowState:
         self.max_event = body["me"]
         self.watermark = body["wm"]
         self.idle = body["idle"]
-        for ps, tag, platform, data in body["p"]:
+        for fold in body.get("f", ()):
+            self._fold_fields(*fold)
+        for ps, tag, platform, data in body.get("p", ()):  # TPD2: the pane whole
             pane = self.panes.get(ps)
             if pane is None:
                 pane = self.panes[ps] = {}
