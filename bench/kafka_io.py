@@ -155,3 +155,20 @@ async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     finally:
         await admin.close()
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
+
+
+async def group_members(bootstrap: str, group: str) -> tuple[str, int]:
+    """(state, number of members) of a consumer group; ("", 0) while it does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group])
+    except KafkaError:
+        return "", 0
+    finally:
+        await admin.close()
+    for response in responses:
+        for _error, name, state, _protocol_type, _protocol, members, *_ in response.groups:
+            if name == group:
+                return state, len(members)
+    return "", 0

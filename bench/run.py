@@ -374,6 +374,10 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
         wait_for(lambda: sum(asyncio.run(kafka_io.committed(ns.bootstrap, ns.settings.app_id,
                                                             ns.settings.topics.raw)).values()) >= 4,
                  180, "workers to start", pipeline=pipeline, step=0.5)
+        # One worker can own and commit every partition before the other joins; the rebalance
+        # that follows would move partitions (and their state) while the clock runs.
+        wait_for(lambda: asyncio.run(kafka_io.group_members(ns.bootstrap, ns.settings.app_id)) == ("Stable", workers),
+                 180, "every worker in the consumer group", pipeline=pipeline, step=0.5)
 
         async def go():
             stop = asyncio.Event()
