@@ -101,17 +101,17 @@ class PartitionTask:
     @classmethod
     async def open(cls, *, bootstrap: str, app_id: str, stage: str, source_topic: str, partition: int,
                    changelog_topic: str, state, producer_config: dict | None = None) -> "PartitionTask":
-        producer = AIOKafkaProducer(**{
-            "bootstrap_servers": bootstrap,
-            "transactional_id": f"{app_id}-{stage}-{partition}",
-            "acks": "all",
-            "enable_idempotence": True,
-            "linger_ms": 5,
-            "max_request_size": MAX_MESSAGE_BYTES + 100_000,
-            "retry_backoff_ms": TXN_RETRY_BACKOFF_MS,
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            transactional_id=f"{app_id}-{stage}-{partition}",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_request_size=MAX_MESSAGE_BYTES + 100_000,
+            retry_backoff_ms=TXN_RETRY_BACKOFF_MS,
             **client_kwargs(),
             **(producer_config or {}),
-        })
+        )
         await producer.start()  # init_transactions: fences the previous owner
         try:
             applied = await restore_changelog(bootstrap, changelog_topic, partition, state.apply_delta)

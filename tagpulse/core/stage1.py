@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from tagpulse.core.dedup import DedupIndex, key_hash
-from tagpulse.core.windows import (IncompatibleState, Reach, WindowSpec, pane_width, post_engagement,
+from tagpulse.core.windows import (IncompatibleState, Reach, WindowSpec, ends_in, pane_width, post_engagement,
                                    window_starts)
 
 # How far the dedup horizon must move before we scan for expired keys: a scan
@@ -272,8 +272,8 @@ class DedupWindowState:
         old = self.watermark
         self.watermark = new_watermark
         result.watermark_changed = True
-        if old is not None and new_watermark // self.width == old // self.width:
-            return  # window ends are multiples of the pane width: nothing can close
+        if not ends_in(old, new_watermark, self.width):
+            return  # no pane ended: nothing can close
         self._ship(new_watermark, result)
         horizon = new_watermark - self.dedup_ttl
         if self._expired_to is None or horizon >= self._expired_to + DEDUP_EXPIRY_STEP:

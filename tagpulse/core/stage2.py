@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from tagpulse.core.windows import IncompatibleState, PaneWindows, Reach, WindowSpec, window_starts
+from tagpulse.core.windows import IncompatibleState, PaneWindows, Reach, WindowSpec, ends_in, window_starts
 
 # Version 3: closed-to time per window size ("f" a map). Version 2 (one closed-to time for every
 # size) is read as that time for each size; version 1 (unversioned, window partials) is not.
@@ -33,10 +33,6 @@ STATE_VERSION = 3
 # the whole close is committed. Closing at most CLOSE_STEP seconds of window ends per step
 # (one transaction each) lets the sink insert while the rest is being assembled.
 CLOSE_STEP = 2 * 3600
-
-# Within a step, window sizes close smallest first, one transaction each: a boundary that also
-# closes the sliding 1 h windows (every 5 minutes) would otherwise hold its 1-minute rows back
-# until every 1 h window of every tag is assembled (≈1 s later in the latency benchmark).
 
 
 @dataclass
@@ -180,7 +176,10 @@ class MergeState:
     def _finalise(self, result: Stage2Result) -> None:
         """One close step: the windows of the smallest size that has rows ending by the step's stop.
 
-        Sizes without a window ending by the stop move along in the same step. The stop depends
+        Sizes close smallest first, one transaction each: a boundary that also closes the sliding
+        1 h windows (every 5 minutes) would otherwise hold its 1-minute rows back until every 1 h
+        window of every tag is assembled (≈1 s later in the latency benchmark). Sizes without a
+        window ending by the stop move along in the same step. The stop depends
         only on the smallest closed-to time and on the panes (none is evicted before every size
         reached the stop), so a close cut short by a restart goes on to the same stop.
         """
@@ -193,8 +192,8 @@ class MergeState:
             old = closed[size]
             if old is not None and old >= stop:
                 continue
-            if old is not None and stop // hop == old // hop:
-                closed[size] = stop  # window ends are multiples of the hop: none in (old, stop]
+            if not ends_in(old, stop, hop):
+                closed[size] = stop
             elif not emitted:
                 closed[size] = stop
                 rows = windows.close(old, stop, self.window_shares, size=size)

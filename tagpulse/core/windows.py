@@ -145,6 +145,11 @@ def row_key(row: dict) -> tuple:
     return (row["tag"], row["platform"], row["window_size"], row["window_start"])
 
 
+def ends_in(old: int | None, new: int, hop: int) -> bool:
+    """Whether a window of this hop can end in (old, new]: window ends are multiples of the hop."""
+    return old is None or new // hop != old // hop
+
+
 def windows_of_panes(pane_starts: Iterable[int], size: int, hop: int,
                      after_end: int | None, up_to_end: int) -> Iterator[int]:
     """Starts of windows that contain any of the panes and end in (after_end, up_to_end]."""
@@ -226,8 +231,8 @@ class PaneWindows:
             for spec_size, hop in self.specs:
                 if size is not None and spec_size != size:
                     continue
-                if old is not None and new // hop == old // hop:
-                    continue  # window ends are multiples of the hop: none of this spec ended
+                if not ends_in(old, new, hop):
+                    continue
                 if pane_starts is None:
                     pane_starts = sorted(self.panes)
                 starts = self._closing_starts(pane_starts, spec_size, hop, old, new)
