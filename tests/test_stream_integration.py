@@ -50,6 +50,31 @@ def scraped_posts_in(tmp_path, target: str) -> float | None:
         prometheus.stop()
 
 
+async def window_messages(bootstrap: str, topic: str) -> list[tuple[int, int, set[int], set[int]]]:
+    """(partition, offset, window sizes, window ends) of every committed windows message."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, isolation_level="read_committed",
+                                auto_offset_reset="earliest", group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        out = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            positions = {tp: await consumer.position(tp) for tp in ends}
+            if all(positions[tp] >= end for tp, end in ends.items()):
+                break
+            for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
+                for m in messages:
+                    rows = orjson.loads(m.value)
+                    out.append((tp.partition, m.offset, {r["window_size"] for r in rows},
+                                {r["window_end"] for r in rows}))
+        return out
+    finally:
+        await consumer.stop()
+
+
 def test_windows_equal_oracle_with_duplicates_and_disorder(namespace_settings, tmp_path):
     settings = namespace_settings
     posts, arrivals = synthetic_stream(n=6000, seed=11)
@@ -69,6 +94,7 @@ def test_windows_equal_oracle_with_duplicates_and_disorder(namespace_settings, t
                           singles_every=97))
         rows = run(read_all(settings.kafka_bootstrap, settings.topics.windows,
                             until=lambda r: len(r) >= len(expected)))
+        messages = run(window_messages(settings.kafka_bootstrap, settings.topics.windows))
         uniques = run(read_all(settings.kafka_bootstrap, settings.topics.unique_posts, quiet_s=2))
         late = run(read_all(settings.kafka_bootstrap, settings.topics.late, quiet_s=1))
         exposition = urllib.request.urlopen(
@@ -91,6 +117,18 @@ def test_windows_equal_oracle_with_duplicates_and_disorder(namespace_settings, t
     rows = final_rows(rows)
     assert len(rows) == len(expected)
     assert rows == expected
+    # Each close step commits one window size, smallest first: no message mixes sizes, and a
+    # boundary's 1-minute rows precede (in their partition) the longer windows ending with them.
+    assert messages and all(len(sizes) == 1 for _p, _o, sizes, _e in messages)
+    first_long: dict[tuple[int, int], int] = {}
+    for partition, offset, sizes, ends in messages:
+        if sizes != {60}:
+            for end in ends:
+                first_long.setdefault((partition, end), offset)
+    shared = [(partition, offset, end) for partition, offset, sizes, ends in messages if sizes == {60}
+              for end in ends if (partition, end) in first_long]
+    assert shared, "the stream must have boundaries closing 1-minute and longer windows together"
+    assert all(offset < first_long[(partition, end)] for partition, offset, end in shared)
 
 
 def test_windows_exact_after_kill_minus_9_mid_replay(namespace_settings, tmp_path):
