@@ -19,6 +19,7 @@ import logging
 import os
 import time
 
+import msgspec
 import orjson
 
 from streams.transport import App
@@ -162,10 +163,14 @@ stage2 = Stage(
 )
 
 
+# Stage 1's unique posts are WirePost structs when the bulk decoder read their message.
+_encode_posts = msgspec.json.Encoder().encode
+
+
 def stage1_outputs(task: PartitionTask, result, wm_before, idle_before) -> list[tuple[str, int, bytes]]:
     state: DedupWindowState = task.state
     p = task.partition
-    out = [(topics.unique_posts, p, v) for v in pack_json_arrays(result.unique_posts)]
+    out = [(topics.unique_posts, p, v) for v in pack_json_arrays(result.unique_posts, encode=_encode_posts)]
     out += [(topics.late, p, v) for v in pack_json_arrays(result.late_rows())]
     out += _dead_letter_outputs(result.dead_letters, p)
     now = int(time.time())

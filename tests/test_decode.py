@@ -97,7 +97,7 @@ def test_a_post_from_the_future_would_hold_the_watermark_hostage_so_it_is_refuse
     future = good_post(2, created_at="2015-05-20T09:10:01Z")
     result = state.process([(0, orjson.dumps([soon, future, good_post(3)]))], "raw")
     assert [d["reason"] for d in result.dead_letters] == ["timestamp_in_future:created_at"]
-    assert [p["post_id"] for p in result.unique_posts] == ["g1", "g3"]
+    assert [p["post_id"] for p in result.unique_post_dicts()] == ["g1", "g3"]
     assert state.max_event == 1432112400 + 599
 
 
@@ -124,3 +124,23 @@ def test_fast_message_decoding_equals_the_item_by_item_path():
         fast += decode._decode_wire_message(value, latest) is not None
     assert fast >= 100   # the fast path was really taken
     assert fast < len(messages) - 100   # and really refused odd messages
+
+
+def test_stage1_keeps_bulk_decoded_posts_as_structs_that_encode_as_the_canonical_post():
+    """Stage 1 builds no dict for a post of a clean message; the worker encodes its unique posts
+    with msgspec, which must give the JSON of the canonical post dict."""
+    import msgspec
+
+    from schemas.post import WirePost
+    from streams.app import _encode_posts
+    from streams.partition_tasks import pack_json_arrays
+
+    clean = [good_post(i, text="tschüss \u2028 \"quoted\" </script>") for i in range(3)]
+    state = DedupWindowState(0, ((60, 60),), 10, 7 * 86400)
+    result = state.process([(0, orjson.dumps(clean)), (1, orjson.dumps(good_post(9, lang=None)))], "raw")
+    assert [type(p) for p in result.unique_posts] == [WirePost] * 3 + [dict]
+    dicts = result.unique_post_dicts()
+    assert dicts == decode.decode_value(orjson.dumps(clean), "m")[0] + [result.unique_posts[3]]
+    encoded = pack_json_arrays(result.unique_posts, encode=_encode_posts)
+    assert [post for chunk in encoded for post in orjson.loads(chunk)] == dicts
+    assert msgspec.json.decode(encoded[0]) == orjson.loads(orjson.dumps(dicts))

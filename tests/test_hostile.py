@@ -31,7 +31,7 @@ def run_core(stream: hostile.Stream, partitions: int = 4):
         offsets.append((message.partition, offset))
         result = states[message.partition].process([(offset, message.value)], "raw")
         dead += [(d["source"], d["reason"]) for d in result.dead_letters]
-        posts += result.unique_posts
+        posts += result.unique_post_dicts()
         skipped += result.skipped
     return offsets, dead, posts, skipped
 

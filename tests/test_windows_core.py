@@ -76,6 +76,15 @@ def test_dedup_index_and_expiry():
     assert d.expire(101) == 1 and len(d) == 0
 
 
+def test_bulk_key_hashes_equal_key_hash():
+    from tagpulse.core.dedup import key_hashes
+    pairs = [("twitter", "1"), ("mastodon", "109382"), ("bluesky", "at://did:plc:x/app.bsky.feed.post/3k"),
+             ("twitter", "ü\ud800")]  # a lone surrogate hashes as it always did
+    hashes = key_hashes([p for p, _ in pairs], [i for _, i in pairs])
+    assert hashes.tolist() == [key_hash(p, i) for p, i in pairs]
+    assert key_hashes([], []).tolist() == []
+
+
 def synthetic_stream(n=3000, seed=1, dup_rate=0.05, disorder=8):
     rng = random.Random(seed)
     tags = ["einbuchfuerkai", "buchtipp", "lesen", "kafka", "montag"]
@@ -122,7 +131,7 @@ def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None):
         state = s1[p]
         wm_before = state.watermark
         res = state.process(records)
-        uniques.extend(res.unique_posts)
+        uniques.extend(res.unique_post_dicts())
         late.extend(res.late_rows())
         send(p, res, state, partial_topic, partitions)
         logs1[p].append(state.delta())

@@ -19,7 +19,8 @@ import msgspec
 import orjson
 
 from producers.adapters import MAX_RECORD_BYTES, decode_json, parse_record_detailed
-from schemas.post import InvalidRecord, decode_wire_array, finish_wire_post, format_timestamp, validate_post
+from schemas.post import (InvalidRecord, WirePost, decode_wire_array, finish_wire_post, format_timestamp,
+                          validate_post)
 
 from tagpulse.core.stage1 import RecordError
 
@@ -68,6 +69,21 @@ def decode_message(value: bytes) -> list:
 def decode_value(value: bytes, where: str, decode=None) -> tuple[list[dict], list[dict], int]:
     """(posts, dead-letter rows, skipped records) of one raw-topic message at `where` (topic/partition/offset).
 
+    The posts are canonical post dicts; decode_posts is the same with WirePost structs where the
+    bulk decoder read the message.
+    """
+    posts, dead, skipped = decode_posts(value, where, decode)
+    if posts and type(posts[0]) is not dict:
+        posts = list(map(_as_dict, posts))
+    return posts, dead, skipped
+
+
+def decode_posts(value: bytes, where: str, decode=None) -> tuple[list, list[dict], int]:
+    """(posts, dead-letter rows, skipped records) of one raw-topic message at `where` (topic/partition/offset).
+
+    A message of clean canonical posts (our producer's) gives WirePost structs, any other message
+    canonical post dicts, with the same fields and values.
+
     A bad item costs only itself: its dead letter's source is `where#index` (`#index/data[n]`
     for a tweet of a page), and the other items of the batch still count. Only what cannot be
     split (not JSON, too big, too many items or too many bad ones) is one dead letter for the
@@ -107,7 +123,7 @@ def decode_value(value: bytes, where: str, decode=None) -> tuple[list[dict], lis
     return valid, dead, skipped
 
 
-def _decode_wire_message(value, latest_allowed: str) -> list[dict] | None:
+def _decode_wire_message(value, latest_allowed: str) -> list[WirePost] | None:
     """The posts of a message that is an array of complete, clean canonical posts (what our
     producer sends), decoded by msgspec in one call; None for anything else, which then takes the
     item-by-item path. ≈2.3 instead of ≈5 µs a post; the same posts (schemas/post.py, WirePost)."""
@@ -120,7 +136,7 @@ def _decode_wire_message(value, latest_allowed: str) -> list[dict] | None:
         # canonical timestamps compare as strings
         if not finish_wire_post(post) or post.created_at > latest_allowed:
             return None
-    return list(map(_as_dict, posts))
+    return posts
 
 
 _future_second = -1

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import heapq
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter, itemgetter
 
+import msgspec
 import numpy as np
 import orjson
 
-from tagpulse.core.dedup import DedupIndex, key_hash
+from tagpulse.core.dedup import DedupIndex, key_hashes
 from tagpulse.core.windows import (IncompatibleState, Reach, WindowSpec, ends_in, pane_width, post_engagement,
                                    window_starts)
 
@@ -77,7 +80,8 @@ _DELTA_HEAD = struct.Struct("<4sI")
 
 @dataclass
 class Stage1Result:
-    unique_posts: list[dict] = field(default_factory=list)
+    # canonical posts: dicts, or schemas.post.WirePost structs (same fields; msgspec encodes both)
+    unique_posts: list = field(default_factory=list)
     dead_letters: list[dict] = field(default_factory=list)
     late: dict[tuple, int] = field(default_factory=dict)  # (tag, platform, size, start) -> events
     partials: list[list] = field(default_factory=list)  # pane shares: [pane_start, tag, platform, *Reach.to_list()]
@@ -96,6 +100,18 @@ class Stage1Result:
         if counts is None:
             counts = self.completeness[key] = [0, 0, 0]
         return counts
+
+    def count_received(self, platforms: list[str], times: list[int]) -> None:
+        """Count a message's valid posts per platform and per (platform, minute) at once."""
+        posts_in = self.posts_in
+        for platform, n in Counter(platforms).items():
+            posts_in[platform] = posts_in.get(platform, 0) + n
+        for (platform, minute), n in Counter(zip(platforms, [t - t % 60 for t in times])).items():
+            self._source(platform, minute)[0] += n
+
+    def unique_post_dicts(self) -> list[dict]:
+        """The unique posts as canonical post dicts, whichever decoder read them."""
+        return [post if type(post) is dict else msgspec.structs.asdict(post) for post in self.unique_posts]
 
     def completeness_rows(self, invalid_window_start: int) -> list[dict]:
         """Per-source counts; invalid records have no platform and are counted at processing time."""
@@ -158,38 +174,40 @@ class DedupWindowState:
         return result
 
     def _process_value(self, value: bytes, where: str, result: Stage1Result) -> None:
-        valid, dead_letters, skipped = _decode_value(value, where, self._decode)
+        posts, dead_letters, skipped = _decode_value(value, where, self._decode)
         if dead_letters:
             result.dead_letters += dead_letters
         result.skipped += skipped
-        if not valid:
+        if not posts:
             return
-        # One vectorised dedup lookup for the whole message instead of one per post.
-        keys = [key_hash(post["platform"], post["post_id"]) for post in valid]
+        platforms, post_ids, authors, followers, created, tags, shares, engagements = _columns(posts)
+        key_array = key_hashes(platforms, post_ids)
         dedup = self.dedup
         generation = dedup.generation
-        known = dedup.probe(keys)
-        for post, key, in_arrays in zip(valid, keys, known):
+        # One vectorised dedup lookup for the whole message instead of one per post.
+        known = dedup.probe(key_array)
+        times = list(map(_epoch_cached, created))
+        result.count_received(platforms, times)
+        for post, key, in_arrays, t, platform, post_fields in zip(
+                posts, key_array.tolist(), known, times, platforms,
+                zip(authors, followers, shares, engagements, tags)):
             if dedup.generation != generation:
                 in_arrays = None  # expiry ran mid-message: the probe is stale
-            self._apply_post(post, result, key, in_arrays)
+            self._apply_post(post, key, in_arrays, t, platform, post_fields, result)
 
-    def _apply_post(self, post: dict, result: Stage1Result, key: int, in_arrays: bool | None = None) -> None:
-        platform = post["platform"]
-        t = _epoch_cached(post["created_at"])
-        result.posts_in[platform] = result.posts_in.get(platform, 0) + 1
-        source = result._source(platform, t)
-        source[0] += 1
+    def _apply_post(self, post, key: int, in_arrays: bool | None, t: int, platform: str, post_fields: tuple,
+                    result: Stage1Result) -> None:
+        """One post; post_fields = (author, followers, is_share, engagement, tags), its share of a window."""
         watermark = self.watermark
         if watermark is not None and t < watermark - self.dedup_ttl:
             # Older than the dedup horizon: we could no longer tell it from a
             # duplicate, and every window it belongs to closed long ago.
-            self._late(post, t, result, share_open=False)
-            source[2] += 1
+            self._late(t, platform, post_fields, result, share_open=False)
+            result._source(platform, t)[2] += 1
             return
         if not self.dedup.add(key, t, in_arrays):
             result.duplicates[platform] = result.duplicates.get(platform, 0) + 1
-            source[1] += 1
+            result._source(platform, t)[1] += 1
             return
         self._new_keys.append(key)
         self._new_times.append(t)
@@ -199,17 +217,19 @@ class DedupWindowState:
             result.watermark_changed = True
         ps = t - t % self.width
         if watermark is None or ps + self.width > watermark:
-            self._fold(post, ps)
+            fold = [ps, platform, *post_fields]
+            self._folded.append(fold)
+            self._fold_fields(*fold)
         else:
-            source[2] += 1  # its pane was shipped: late for at least its 1-minute window
-            self._late(post, t, result, share_open=True)
+            result._source(platform, t)[2] += 1  # its pane was shipped: late for at least its 1-minute window
+            self._late(t, platform, post_fields, result, share_open=True)
         if self.max_event is None or t > self.max_event:
             self.max_event = t
             candidate = t - self.grace
             if watermark is None or candidate > watermark:
                 self._advance(candidate, result)
 
-    def _late(self, post: dict, t: int, result: Stage1Result, share_open: bool) -> None:
+    def _late(self, t: int, platform: str, post_fields: tuple, result: Stage1Result, share_open: bool) -> None:
         """A post whose pane was shipped: late for each of its windows that closed here.
 
         With share_open, its share of the windows still open here goes to stage 2 as
@@ -217,11 +237,9 @@ class DedupWindowState:
         depends on the partition's record order only, never on processing timing.
         """
         watermark = self.watermark
-        platform = post["platform"]
-        tags = post["hashtags"]
+        *share, tags = post_fields
         late = result.late
         shares = result.window_shares
-        share = (post["author_id"], post["author_followers"], post["is_share"], post_engagement(post))
         for size, hop in self.specs:
             for start in window_starts(t, size, hop):
                 if start + size <= watermark:
@@ -236,14 +254,9 @@ class DedupWindowState:
                             reach = shares[k] = Reach()
                         reach.add_post(*share)
 
-    def _fold(self, post: dict, ps: int) -> None:
-        fold = [ps, post["platform"], post["author_id"], post["author_followers"], post["is_share"],
-                post_engagement(post), post["hashtags"]]
-        self._folded.append(fold)
-        self._fold_fields(*fold)
-
     def _fold_fields(self, ps: int, platform: str, author: str, followers: int, is_share: bool,
                      engagement: int, tags: list[str]) -> None:
+        """Fold one post into its pane; also how a restore replays the changelog's folded posts."""
         panes = self.panes
         pane = panes.get(ps)
         if pane is None:
@@ -341,11 +354,26 @@ class DedupWindowState:
             self._expired_to = body["e"]
 
 
+_COLUMNS = ("platform", "post_id", "author_id", "author_followers", "created_at", "hashtags", "is_share")
+_STRUCT_COLUMNS = [attrgetter(name) for name in _COLUMNS]
+_DICT_COLUMNS = [itemgetter(name) for name in _COLUMNS]
+
+
+def _columns(posts: list) -> list[list]:
+    """The fields stage 1 uses, one list per field, + engagement. A message's posts are all canonical
+    dicts or all WirePost structs (the bulk decoder's; no dict is built for them)."""
+    if type(posts[0]) is dict:
+        columns = [list(map(get, posts)) for get in _DICT_COLUMNS]
+        return columns + [list(map(post_engagement, posts))]
+    columns = [list(map(get, posts)) for get in _STRUCT_COLUMNS]
+    return columns + [[p.likes + p.shares + p.replies + p.quotes for p in posts]]
+
+
 def _default_decode():
     from tagpulse.core.decode import decode_record
     return decode_record
 
 
-def _decode_value(value: bytes, where: str, decode) -> tuple[list[dict], list[dict], int]:
-    from tagpulse.core.decode import decode_value
-    return decode_value(value, where, decode)
+def _decode_value(value: bytes, where: str, decode) -> tuple[list, list[dict], int]:
+    from tagpulse.core.decode import decode_posts
+    return decode_posts(value, where, decode)
