@@ -8,6 +8,7 @@ restart neither forgets a baseline nor scores a window twice.
 from __future__ import annotations
 
 import struct
+from operator import itemgetter
 
 import orjson
 
@@ -31,7 +32,10 @@ class MergeWithSpikes(MergeState):
         # Most rows are of sizes the detector does not score (the 24 overlapping day windows
         # of every tag): skip them before any per-row work.
         sizes = self._sizes
-        for row in result.rows[first:]:
+        rows = result.rows[first:]
+        if not sizes.intersection(map(itemgetter("window_size"), rows)):
+            return  # a close step's rows are of one size: a step of day windows is skipped whole
+        for row in rows:
             if row["window_size"] not in sizes:
                 continue
             spike = detector.observe(row)
