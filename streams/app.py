@@ -119,7 +119,8 @@ class Stage:
             opening = self._opening[partition] = asyncio.ensure_future(PartitionTask.open(
                 bootstrap=settings.kafka_bootstrap, app_id=settings.app_id, stage=self.name,
                 source_topic=self.source_topic, partition=partition,
-                changelog_topic=self.changelog_topic, state=self.make_state(partition)))
+                changelog_topic=self.changelog_topic, state=self.make_state(partition),
+                snapshot_min_bytes=settings.snapshot_min_bytes))
         try:
             task = await opening
         finally:
@@ -206,7 +207,7 @@ async def run_stage1(partition: int, records: list[tuple[int, bytes]]) -> None:
         if state.offset == offset_before:
             return  # every record was applied before (redelivery after a restart)
         outputs = stage1_outputs(task, result, wm_before, idle_before)
-        await task.commit(outputs, state.delta(), state.offset + 1)
+        await task.commit_state(outputs, state.offset + 1)
         task.last_activity = time.monotonic()
     metrics_stage1(partition, result, state)
 
@@ -229,7 +230,7 @@ async def idle_stage1(partition: int, now: float) -> None:
                 or task.transactions == 0):
             return
         outputs = stage1_outputs(task, result, wm_before, idle_before)
-        await task.commit(outputs, state.delta(), None)
+        await task.commit_state(outputs, None)
     metrics_stage1(partition, result, state)
 
 
@@ -257,7 +258,7 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
         # come again, are skipped as applied, and their process() finishes the close at once.
         while True:
             last = not state.pending()
-            await task.commit(stage2_outputs(partition, result), state.delta(), state.offset + 1 if last else None)
+            await task.commit_state(stage2_outputs(partition, result), state.offset + 1 if last else None)
             metrics_stage2(partition, result, state)
             if last:
                 break

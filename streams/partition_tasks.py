@@ -8,7 +8,11 @@ aborts its open transaction, and only then do we read the changelog, so we
 restore exactly the committed state.
 
 Every batch then commits, in ONE Kafka transaction: the outputs, the changelog
-delta and the source offset. Faust never commits these topics (they are
+delta and the source offset. Once the deltas written since the last snapshot
+outweigh it (and SNAPSHOT_MIN_BYTES), the changelog record of a batch is a
+snapshot of the whole state instead, and after its transaction committed the
+changelog partition is truncated to it (DeleteRecords): a restore reads at most
+about two states' worth, however long the worker has run. Faust never commits these topics (they are
 declared with acks=False), so the committed offset always equals the offset
 stored in the changelog, and a crash at any moment rolls back to a consistent
 (state, outputs, offset) triple.
@@ -35,6 +39,10 @@ log = logging.getLogger("tagpulse.streams")
 MAX_MESSAGE_BYTES = 900_000
 # Transient broker trouble (restart, leader move) is retried for this long before the worker gives up.
 COMMIT_RETRY_SECONDS = 300.0
+# A partition writes a snapshot once the deltas since its last one reach the snapshot's size and
+# at least this much: writing costs at most twice the deltas, and a restore reads at most the
+# snapshot plus as much again (plus this floor, which keeps small states from snapshotting often).
+SNAPSHOT_MIN_BYTES = 64 << 20
 
 
 # Errors that say "try again later" even where aiokafka does not flag them retriable.
@@ -91,8 +99,15 @@ Output = tuple[str, int, bytes]  # topic, partition, value
 
 class PartitionTask:
     def __init__(self, stage: str, source_topic: str, partition: int, changelog_topic: str,
-                 state, producer: AIOKafkaProducer, group_id: str):
+                 state, producer: AIOKafkaProducer, group_id: str, bootstrap: str | None = None,
+                 restored_bytes: int = 0):
         self.stage = stage
+        self.bootstrap = bootstrap
+        self.snapshot_min_bytes = SNAPSHOT_MIN_BYTES
+        self.since_snapshot = restored_bytes  # changelog bytes a restore would read before the next snapshot
+        self.snapshot_bytes = 0
+        self.truncated_to: int | None = None  # the changelog's start after our last truncation
+        self._truncation: asyncio.Task | None = None
         self.source_topic = source_topic
         self.partition = partition
         self.changelog_topic = changelog_topic
@@ -105,7 +120,8 @@ class PartitionTask:
 
     @classmethod
     async def open(cls, *, bootstrap: str, app_id: str, stage: str, source_topic: str, partition: int,
-                   changelog_topic: str, state, producer_config: dict | None = None) -> "PartitionTask":
+                   changelog_topic: str, state, producer_config: dict | None = None,
+                   snapshot_min_bytes: int = SNAPSHOT_MIN_BYTES) -> "PartitionTask":
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             transactional_id=f"{app_id}-{stage}-{partition}",
@@ -118,25 +134,76 @@ class PartitionTask:
             **(producer_config or {}),
         )
         await producer.start()  # init_transactions: fences the previous owner
+        restored_bytes = 0
+
+        def apply(record: bytes) -> None:
+            nonlocal restored_bytes
+            restored_bytes += len(record)
+            state.apply_delta(record)
+
         try:
-            applied = await restore_changelog(bootstrap, changelog_topic, partition, state.apply_delta)
+            applied = await restore_changelog(bootstrap, changelog_topic, partition, apply)
         except BaseException:
             await producer.stop()
             raise
-        log.info("%s partition %d restored from %d changelog records (offset %d)",
-                 stage, partition, applied, state.offset)
-        return cls(stage, source_topic, partition, changelog_topic, state, producer, app_id)
+        log.info("%s partition %d restored from %d changelog records, %.1f MB (offset %d)",
+                 stage, partition, applied, restored_bytes / 1e6, state.offset)
+        task = cls(stage, source_topic, partition, changelog_topic, state, producer, app_id,
+                   bootstrap=bootstrap, restored_bytes=restored_bytes)
+        task.snapshot_min_bytes = snapshot_min_bytes
+        return task
 
-    async def commit(self, outputs: Iterable[Output], delta: bytes, next_offset: int | None) -> None:
-        """Write outputs + changelog delta (+ the source offset) atomically, retrying transient errors."""
+    async def commit_state(self, outputs: Iterable[Output], next_offset: int | None) -> None:
+        """commit() with the state's changelog record: its delta, or a snapshot when one is due
+        (see SNAPSHOT_MIN_BYTES), after which the changelog is truncated to the snapshot."""
+        snapshot = self.since_snapshot >= max(self.snapshot_min_bytes, self.snapshot_bytes)
+        record = self.state.snapshot() if snapshot else self.state.delta()
+        first_offset = await self.commit(outputs, record, next_offset)
+        if not snapshot:
+            self.since_snapshot += len(record)
+            return
+        self.since_snapshot, self.snapshot_bytes = 0, len(record)
+        log.info("%s partition %d: snapshot of %.1f MB at changelog offset %d",
+                 self.stage, self.partition, len(record) / 1e6, first_offset)
+        if self._truncation is None or self._truncation.done():
+            # In the background: the next batch need not wait for the broker's answer. A truncation
+            # still running when the next snapshot comes is simply not repeated (the next one will be).
+            self._truncation = asyncio.ensure_future(self._truncate(first_offset))
+
+    async def _truncate(self, offset: int) -> None:
+        """Delete the changelog records before `offset`, a committed snapshot's first record.
+
+        Safe at any moment: the snapshot holds everything before it, and a restore that is reading
+        the deleted records (another worker taking the partition over) is moved to the new start,
+        the snapshot, which resets its state (restore_changelog). A failure only leaves more to read.
+        """
+        from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+        tp = TopicPartition(self.changelog_topic, self.partition)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **client_kwargs())
+        try:
+            await admin.start()
+            await admin.delete_records({tp: RecordsToDelete(before_offset=offset)}, timeout_ms=30_000)
+            self.truncated_to = offset
+            log.info("%s partition %d: changelog truncated to offset %d", self.stage, self.partition, offset)
+        except Exception as exc:  # noqa: BLE001 — a failed truncation costs restore time, never data
+            log.warning("%s partition %d: changelog truncation to offset %d failed (%r); the next snapshot "
+                        "tries again", self.stage, self.partition, offset, exc)
+        finally:
+            await admin.close()
+
+    async def commit(self, outputs: Iterable[Output], delta: bytes, next_offset: int | None) -> int:
+        """Write outputs + changelog delta (+ the source offset) atomically, retrying transient errors.
+
+        Returns the changelog offset of the delta's first record."""
         outputs = list(outputs)
         deadline = time.monotonic() + COMMIT_RETRY_SECONDS
         backoff = 0.2
         while True:
             try:
-                await self._transaction(outputs, delta, next_offset)
+                first_offset = await self._transaction(outputs, delta, next_offset)
                 self.transactions += 1
-                return
+                return first_offset
             except ProducerFenced as exc:
                 raise PartitionLost(f"{self.stage} partition {self.partition}: fenced by a newer owner") from exc
             except KafkaError as exc:
@@ -149,19 +216,21 @@ class PartitionTask:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    async def _transaction(self, outputs: list[Output], delta: bytes, next_offset: int | None) -> None:
+    async def _transaction(self, outputs: list[Output], delta: bytes, next_offset: int | None) -> int:
         producer = self.producer
         await producer.begin_transaction()
         futures = []
         for topic, partition, value in outputs:
             futures.append(await producer.send(topic, value, partition=partition))
+        first_changelog = len(futures)
         for fragment in fragment_delta(delta):
             futures.append(await producer.send(self.changelog_topic, fragment, partition=self.partition))
         if next_offset is not None:
             await producer.send_offsets_to_transaction(
                 {TopicPartition(self.source_topic, self.partition): next_offset}, self.group_id)
-        await asyncio.gather(*futures)
+        written = await asyncio.gather(*futures)
         await producer.commit_transaction()
+        return written[first_changelog].offset
 
     async def _abort_quietly(self) -> None:
         try:
@@ -170,6 +239,8 @@ class PartitionTask:
             log.debug("abort failed: %r", exc)
 
     async def close(self) -> None:
+        if self._truncation is not None and not self._truncation.done():
+            self._truncation.cancel()
         try:
             await self.producer.stop()
         except Exception as exc:
@@ -192,12 +263,18 @@ def fragment_delta(delta: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> list[byt
 
 
 async def restore_changelog(bootstrap: str, topic: str, partition: int, apply: Callable[[bytes], None]) -> int:
-    """Apply every committed changelog record of one partition, oldest first."""
+    """Apply every committed changelog record of one partition, oldest first.
+
+    The changelog may be truncated while we read it (its previous owner's last snapshot): the
+    consumer then moves to the new start, which is a snapshot, and applying it resets the state.
+    Fragments cut short by that move are dropped (a record's fragments have consecutive offsets).
+    """
     tp = TopicPartition(topic, partition)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         isolation_level="read_committed",
         enable_auto_commit=False,
+        auto_offset_reset="earliest",  # out of range = truncated under us: go on from the snapshot
         group_id=None,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,
@@ -206,6 +283,7 @@ async def restore_changelog(bootstrap: str, topic: str, partition: int, apply: C
     await consumer.start()
     applied = 0
     pending: list[bytes] = []
+    pending_next = -1
     try:
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
@@ -214,8 +292,11 @@ async def restore_changelog(bootstrap: str, topic: str, partition: int, apply: C
             batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
             for record in batch.get(tp, []):
                 value = record.value
+                if pending and record.offset != pending_next:
+                    pending.clear()  # the rest of that record was deleted by a truncation
                 if value.startswith(FRAGMENT_MARK):
                     pending.append(value[len(FRAGMENT_MARK):])
+                    pending_next = record.offset + 1
                     continue
                 if pending:
                     value = b"".join(pending) + value

@@ -143,6 +143,7 @@ class Settings:
     grace_s: int
     idle_timeout_s: float
     dedup_ttl_s: int
+    snapshot_min_bytes: int
     app_id: str
     metrics_addr: str
     topics: Topics = field(default_factory=Topics)
@@ -192,6 +193,7 @@ def load() -> Settings:
         grace_s=parse_duration(_env("TAGPULSE_GRACE", "10s")),
         idle_timeout_s=_env_float("TAGPULSE_IDLE_TIMEOUT", 5.0),
         dedup_ttl_s=parse_duration(_env("TAGPULSE_DEDUP_TTL", "7d")),
+        snapshot_min_bytes=_env_int("TAGPULSE_SNAPSHOT_MIN_BYTES", 64 << 20),
         app_id=_env("TAGPULSE_NAMESPACE", "tagpulse"),
         metrics_addr=_env("TAGPULSE_METRICS_ADDR", "127.0.0.1"),
         topics=Topics(namespace=_env("TAGPULSE_NAMESPACE", "tagpulse")),

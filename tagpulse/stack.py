@@ -79,9 +79,10 @@ def server_properties(settings) -> str:
 def topic_configs(settings) -> dict[str, dict[str, str]]:
     """Every pipeline topic with its topic-level configs.
 
-    State topics hold the stages' changelogs. They are not compacted: the stages truncate
-    them themselves (a compacted log could drop a record a recovery still needs before the
-    truncation point), so they keep everything until we delete it. Everything else keeps 7 days.
+    State topics hold the stages' changelogs. They are not compacted: each partition truncates
+    its own to its latest snapshot (DeleteRecords, streams/partition_tasks.py; a compacted log
+    could drop a delta a restore still needs), so they keep everything until then. Everything
+    else keeps 7 days.
     """
     topics = settings.topics
     state = {topics.stage1_state, topics.stage2_state}

@@ -139,6 +139,8 @@ def test_windows_exact_after_kill_minus_9_mid_replay(namespace_settings, tmp_pat
     # Small agent batches: many transactions to land between, and a replay that cannot
     # finish before the test sees the first output however fast the worker is.
     env["TAGPULSE_TAKE_MESSAGES"] = "2"
+    # Snapshots and changelog truncations every few batches, so the kill and the restore meet them.
+    env["TAGPULSE_SNAPSHOT_MIN_BYTES"] = "30000"
     run(produce_posts(settings.kafka_bootstrap, settings.topics.raw, arrivals, settings.partitions, batch=50))
     worker = Worker(env, tmp_path / "worker.log").start()
     try:
@@ -160,6 +162,7 @@ def test_windows_exact_after_kill_minus_9_mid_replay(namespace_settings, tmp_pat
     rows = final_rows(rows)
     assert len(rows) == len(expected)
     assert rows == expected
+    assert "changelog truncated" in (tmp_path / "worker.log").read_text()
 
 
 def test_windows_exact_when_a_second_worker_joins_mid_replay(namespace_settings, tmp_path):
@@ -170,6 +173,7 @@ def test_windows_exact_when_a_second_worker_joins_mid_replay(namespace_settings,
     run(produce_posts(settings.kafka_bootstrap, settings.topics.raw, arrivals, settings.partitions, batch=50))
     env = worker_env(settings, settings.topics.namespace)
     env["TAGPULSE_TAKE_MESSAGES"] = "2"  # see the kill -9 test
+    env["TAGPULSE_SNAPSHOT_MIN_BYTES"] = "30000"  # a new owner may restore while the old one truncates
     first = Worker(env, tmp_path / "worker-1.log").start()
     second = None
     try:
@@ -188,3 +192,4 @@ def test_windows_exact_when_a_second_worker_joins_mid_replay(namespace_settings,
                 worker.stop()
     assert sorted(p["post_id"] for p in uniques) == sorted(p["post_id"] for p in posts)
     assert final_rows(rows) == expected
+    assert "changelog truncated" in (tmp_path / "worker-1.log").read_text() + (tmp_path / "worker-2.log").read_text()

@@ -113,8 +113,28 @@ def send(p, res, state, partial_topic, partitions):
                                               "rows": panes, "windows": windows}))
 
 
-def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None):
-    """Route like the producer, run stage 1 per partition, then stage 2, with optional restarts from the changelog."""
+def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None, snapshot_every=None):
+    """Route like the producer, run stage 1 per partition, then stage 2, with optional restarts from the changelog.
+
+    With snapshot_every, every so many changelog records is a snapshot; restarts then alternate between
+    the whole changelog and the part from the last snapshot on (what is left after a truncation).
+    """
+    snapshots: dict[tuple, int] = {}  # (stage, partition) -> index of the latest snapshot in its log
+
+    def changelog(stage, partition, state, log):
+        if snapshot_every and len(log) % snapshot_every == snapshot_every - 1:
+            snapshots[(stage, partition)] = len(log)
+            log.append(state.snapshot())
+        else:
+            log.append(state.delta())
+
+    def restore(stage, partition, fresh, log, restarts=[0]):
+        restarts[0] += 1
+        first = snapshots.get((stage, partition), 0) if restarts[0] % 2 else 0
+        for d in log[first:]:
+            fresh.apply_delta(d)
+        return fresh
+
     by_partition = {p: [] for p in range(partitions)}
     from aiokafka.partitioner import murmur2
     for post in arrivals:
@@ -134,7 +154,7 @@ def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None):
         uniques.extend(res.unique_post_dicts())
         late.extend(res.late_rows())
         send(p, res, state, partial_topic, partitions)
-        logs1[p].append(state.delta())
+        changelog(1, p, state, logs1[p])
         del wm_before
 
     offsets = {p: 0 for p in range(partitions)}
@@ -147,9 +167,7 @@ def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None):
             stage1_batch(p, records)
             n_batches += 1
             if restart_every and n_batches % restart_every == 0:
-                fresh = DedupWindowState(p, SPECS, 10, 7 * 86400, decode=passthrough)
-                for d in logs1[p]:
-                    fresh.apply_delta(d)
+                fresh = restore(1, p, DedupWindowState(p, SPECS, 10, 7 * 86400, decode=passthrough), logs1[p])
                 assert fresh.offset == s1[p].offset and fresh.watermark == s1[p].watermark
                 assert len(fresh.dedup) == len(s1[p].dedup)
                 s1[p] = fresh
@@ -165,12 +183,10 @@ def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None):
                 # Like the shell: one transaction (here: one delta) per close step.
                 rows.extend(res.rows)
                 late.extend(res.late_rows())
-                logs2[q].append(s2[q].delta())
+                changelog(2, q, s2[q], logs2[q])
                 steps += 1
                 if restart_every and steps % 3 == 2:
-                    fresh = MergeState(q, partitions, SPECS)
-                    for d in logs2[q]:
-                        fresh.apply_delta(d)
+                    fresh = restore(2, q, MergeState(q, partitions, SPECS), logs2[q])
                     assert fresh.panes.keys() == s2[q].panes.keys()
                     assert fresh.closed == s2[q].closed
                     s2[q] = fresh
@@ -205,6 +221,13 @@ def test_streaming_equals_oracle_with_duplicates_and_disorder():
 def test_streaming_equals_oracle_across_restarts_from_changelog():
     posts, arrivals = synthetic_stream(seed=7)
     rows, late, _ = run_pipeline(arrivals, restart_every=2)
+    expected = oracle_windows(((epoch_seconds(p["created_at"]), p) for p in posts), SPECS)
+    assert rows == expected and late == []
+
+
+def test_streaming_equals_oracle_across_restarts_from_snapshots_and_truncated_changelogs():
+    posts, arrivals = synthetic_stream(seed=11)
+    rows, late, _ = run_pipeline(arrivals, restart_every=2, snapshot_every=3)
     expected = oracle_windows(((epoch_seconds(p["created_at"]), p) for p in posts), SPECS)
     assert rows == expected and late == []
 
@@ -398,8 +421,8 @@ def test_merge_with_spikes_restores_detector_state_from_its_delta():
 
     specs = ((3600, 3600),)
 
-    def feed(state, offset, start, posts, authors):
-        partial = [start, "viral", "twitter", posts, 0, posts * 10, 0, {f"a{i}": 10 for i in range(authors)}]
+    def feed(state, offset, start, posts, authors, tag="viral"):
+        partial = [start, tag, "twitter", posts, 0, posts * 10, 0, {f"a{i}": 10 for i in range(authors)}]
         msg = {"src": 0, "wm": start + 3600, "idle": False, "rows": [partial]}
         return state.process([(offset, orjson.dumps(msg))])
 
@@ -417,6 +440,17 @@ def test_merge_with_spikes_restores_detector_state_from_its_delta():
         restored.apply_delta(d)
     assert restored.detector.to_dict() == live.detector.to_dict()
     assert restored.offset == live.offset and restored.final_until == live.final_until
+    # A snapshot in the log, read whole or from the snapshot on, gives the same state.
+    log.append(live.snapshot())
+    for i in range(400, 410):  # another tag: the deltas after the snapshot do not carry "viral"
+        feed(live, i, T0 + i * 3600, 30, 25, tag="calm")
+        log.append(live.delta())
+    for first in (0, 400):
+        again = MergeWithSpikes(0, upstream_partitions=1, specs=specs)
+        for d in log[first:]:
+            again.apply_delta(d)
+        assert again.detector.to_dict() == live.detector.to_dict()
+        assert again.panes == live.panes and again.closed == live.closed and again.offset == live.offset
 
 
 def test_completeness_counts_received_duplicates_late_and_invalid_per_source():
@@ -440,6 +474,9 @@ def test_late_posts_give_the_same_rows_and_late_counts_across_restarts():
     rows_r, late_r, _ = run_pipeline(arrivals, restart_every=2)
     assert rows_r == rows
     assert sorted(map(orjson.dumps, late_r)) == sorted(map(orjson.dumps, late))
+    rows_s, late_s, _ = run_pipeline(arrivals, restart_every=2, snapshot_every=3)
+    assert rows_s == rows
+    assert sorted(map(orjson.dumps, late_s)) == sorted(map(orjson.dumps, late))
     # Every post is in each of its 37 windows per tag exactly once: either counted there or late.
     counted = sum(r["posts"] for r in rows) + sum(r["events"] for r in late)
     assert counted == sum(37 * len(p["hashtags"]) for p in posts)

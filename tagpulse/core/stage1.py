@@ -75,6 +75,9 @@ def _epoch_cached(created_at: str) -> int:
 # wrote as many changelog bytes as raw posts came in. TPD2 records are still read.
 DELTA_MAGIC = b"TPD3"
 _PANE_SNAPSHOTS_MAGIC = b"TPD2"
+# A snapshot (TPS1) is the whole state in the same layout: every open pane whole, every dedup
+# key. Restoring one starts from nothing, so the changelog before it can be deleted.
+SNAPSHOT_MAGIC = b"TPS1"
 _DELTA_HEAD = struct.Struct("<4sI")
 
 
@@ -324,10 +327,33 @@ class DedupWindowState:
         head = orjson.dumps(body)
         return _DELTA_HEAD.pack(DELTA_MAGIC, len(head)) + head + keys + times
 
+    def snapshot(self) -> bytes:
+        """The whole state as one changelog record (and the tracking reset, as by delta())."""
+        keys, times = self.dedup.to_arrays()
+        body = {
+            "o": self.offset,
+            "me": self.max_event,
+            "wm": self.watermark,
+            "idle": self.idle,
+            "p": [[ps, tag, platform, reach.to_list()] for ps, pane in self.panes.items()
+                  for (tag, platform), reach in pane.items()],
+            "x": [],
+            "e": self._expired_to,
+        }
+        self._new_keys, self._new_times, self._folded, self._evicted = [], [], [], []
+        head = orjson.dumps(body)
+        return _DELTA_HEAD.pack(SNAPSHOT_MAGIC, len(head)) + head + keys.tobytes() + times.tobytes()
+
     def apply_delta(self, raw: bytes) -> None:
-        if raw[:4] not in (DELTA_MAGIC, _PANE_SNAPSHOTS_MAGIC):
+        if raw[:4] not in (DELTA_MAGIC, _PANE_SNAPSHOTS_MAGIC, SNAPSHOT_MAGIC):
             raise IncompatibleState(f"stage 1 partition {self.partition}: changelog record of format "
                                     f"{raw[:4]!r}, expected {DELTA_MAGIC!r}")
+        if raw[:4] == SNAPSHOT_MAGIC:
+            # Everything before a snapshot is in it: start from nothing (a restore may also have
+            # read records that a truncation then deleted, and met the snapshot after them).
+            self.dedup = DedupIndex()
+            self.panes, self._pane_heap = {}, []
+            self._expired_to = None
         _, head_len = _DELTA_HEAD.unpack_from(raw)
         start = _DELTA_HEAD.size
         body = orjson.loads(raw[start:start + head_len])
@@ -341,7 +367,7 @@ class DedupWindowState:
         self.idle = body["idle"]
         for fold in body.get("f", ()):
             self._fold_fields(*fold)
-        for ps, tag, platform, data in body.get("p", ()):  # TPD2: the pane whole
+        for ps, tag, platform, data in body.get("p", ()):  # TPD2 and snapshots: the pane whole
             pane = self.panes.get(ps)
             if pane is None:
                 pane = self.panes[ps] = {}

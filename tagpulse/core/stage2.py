@@ -230,6 +230,23 @@ class MergeState:
         self._accepted, self._accepted_windows, self._evicted = [], [], []
         return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
 
+    def snapshot(self) -> bytes:
+        """The whole state as one changelog record, a delta that starts from nothing ("s"): every
+        pane share and window share as if accepted now (and the tracking reset, as by delta())."""
+        body = {
+            "v": STATE_VERSION,
+            "s": True,
+            "o": self.offset,
+            "u": self.upstream,
+            "f": self.closed,
+            "a": [[ps, tag, platform, *reach.to_list()] for ps, pane in self.windows.panes.items()
+                  for (tag, platform), reach in pane.items()],
+            "w": [[*key, *reach.to_list()] for key, reach in self.window_shares.items()],
+            "x": [],
+        }
+        self._accepted, self._accepted_windows, self._evicted = [], [], []
+        return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+
     def apply_delta(self, raw: bytes) -> None:
         body = orjson.loads(raw)
         version = body.get("v") if isinstance(body, dict) else None
@@ -237,6 +254,9 @@ class MergeState:
             found = body.get("v", 1) if isinstance(body, dict) else "?"
             raise IncompatibleState(f"stage 2 partition {self.partition}: changelog record of version {found}, "
                                     f"expected {STATE_VERSION}")
+        if body.get("s"):  # a snapshot: everything before it is in it
+            self.windows = PaneWindows(self.windows.specs)
+            self.window_shares = {}
         self.offset = body["o"]
         self.upstream = {int(k): v for k, v in body["u"].items()}
         if version == 2:

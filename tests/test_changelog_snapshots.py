@@ -1,0 +1,82 @@
+"""Changelog snapshots and truncation on the real broker (streams/partition_tasks.py).
+
+The pure side (a snapshot restores the same state, read whole or from the snapshot on) is
+in test_windows_core.py; here the shell writes snapshots in its transactions, truncates the
+changelog with DeleteRecords, and a new owner restores from what is left.
+"""
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from test_windows_core import SPECS, T0, make_post
+
+pytestmark = pytest.mark.integration
+
+
+def batches(n: int, size: int = 300):
+    """n raw messages of `size` canonical posts, a minute of event time each, some posts repeated."""
+    for b in range(n):
+        posts = [make_post(b * size + i, T0 + b * 60 + i % 60, [f"t{i % 7}", "all"], i % 50, 100 + i)
+                 for i in range(size)]
+        yield orjson.dumps(posts + posts[:10])  # duplicates within the message
+
+
+def test_a_snapshot_truncates_the_changelog_and_the_next_owner_restores_from_it(namespace_settings):
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streamkit import run
+    from streams.partition_tasks import PartitionTask
+    from tagpulse.core.stage1 import DedupWindowState
+
+    settings = namespace_settings
+    topic = settings.topics.stage1_state
+
+    def open_task(state):
+        return PartitionTask.open(bootstrap=settings.kafka_bootstrap, app_id=settings.app_id, stage="dedup-window",
+                                  source_topic=settings.topics.raw, partition=0, changelog_topic=topic, state=state)
+
+    async def log_start() -> int:
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, 0)
+            return (await consumer.beginning_offsets([tp]))[tp]
+        finally:
+            await consumer.stop()
+
+    async def go():
+        live = DedupWindowState(0, SPECS, 10, 7 * 86400)
+        task = await open_task(live)
+        task.snapshot_min_bytes = 40_000  # a snapshot every few batches
+        snapshots = 0
+        try:
+            for offset, message in enumerate(batches(12)):
+                live.process([(offset, message)], "raw")
+                await task.commit_state([], None)
+                if task.since_snapshot == 0:
+                    snapshots += 1
+                    await task._truncation  # the test reads the log start right after
+                    assert task.truncated_to is not None
+        finally:
+            await task.close()
+        assert snapshots >= 2
+        start = await log_start()
+        assert start == task.truncated_to > 0
+
+        restored = DedupWindowState(0, SPECS, 10, 7 * 86400)
+        again = await open_task(restored)
+        await again.close()
+        # It read the last snapshot and the deltas after it, nothing before.
+        assert again.since_snapshot == task.snapshot_bytes + task.since_snapshot
+        assert (restored.offset, restored.watermark, restored.max_event) == \
+               (live.offset, live.watermark, live.max_event)
+        assert restored.panes == live.panes
+        assert sorted(restored.dedup.items()) == sorted(live.dedup.items())
+        # And it goes on like the live state would.
+        message = list(batches(13))[12]
+        a = live.process([(12, message)], "raw")
+        b = restored.process([(12, message)], "raw")
+        assert (a.partials, a.duplicates, len(a.unique_posts)) == (b.partials, b.duplicates, len(b.unique_posts))
+
+    run(go())
