@@ -8,14 +8,16 @@ aborts its open transaction, and only then do we read the changelog, so we
 restore exactly the committed state.
 
 Every batch then commits, in ONE Kafka transaction: the outputs, the changelog
-delta and the source offset. Once the deltas written since the last snapshot
-outweigh it (and SNAPSHOT_MIN_BYTES), the changelog record of a batch is a
-snapshot of the whole state instead, and after its transaction committed the
-changelog partition is truncated to it (DeleteRecords): a restore reads at most
-about two states' worth, however long the worker has run. Faust never commits these topics (they are
+delta and the source offset. Faust never commits these topics (they are
 declared with acks=False), so the committed offset always equals the offset
 stored in the changelog, and a crash at any moment rolls back to a consistent
 (state, outputs, offset) triple.
+
+Once the deltas written since the last snapshot outweigh it (and
+SNAPSHOT_MIN_BYTES), a batch's changelog record is a snapshot of the whole state
+instead, and after its transaction committed the changelog partition is
+truncated to it (DeleteRecords): a restore reads at most about two states'
+worth, however long the worker has run.
 """
 from __future__ import annotations
 
@@ -97,15 +99,32 @@ def pack_json_arrays(rows: list, max_bytes: int = MAX_MESSAGE_BYTES, encode=orjs
 Output = tuple[str, int, bytes]  # topic, partition, value
 
 
+class Restored:
+    """What a restore read: the latest snapshot's size and the bytes after it continue the snapshot
+    schedule where the previous owner left it (a restore is not a reason to write a snapshot)."""
+
+    def __init__(self) -> None:
+        self.total_bytes = self.snapshot_bytes = self.since_snapshot = 0
+
+    def count(self, record: bytes, snapshot: bool) -> None:
+        self.total_bytes += len(record)
+        if snapshot:
+            self.snapshot_bytes, self.since_snapshot = len(record), 0
+        else:
+            self.since_snapshot += len(record)
+
+
 class PartitionTask:
     def __init__(self, stage: str, source_topic: str, partition: int, changelog_topic: str,
                  state, producer: AIOKafkaProducer, group_id: str, bootstrap: str | None = None,
-                 restored_bytes: int = 0):
+                 restored: "Restored | None" = None, snapshot_min_bytes: int = SNAPSHOT_MIN_BYTES):
         self.stage = stage
         self.bootstrap = bootstrap
-        self.snapshot_min_bytes = SNAPSHOT_MIN_BYTES
-        self.since_snapshot = restored_bytes  # changelog bytes a restore would read before the next snapshot
-        self.snapshot_bytes = 0
+        self.snapshot_min_bytes = snapshot_min_bytes
+        restored = restored or Restored()
+        self.restored_bytes = restored.total_bytes
+        self.snapshot_bytes = restored.snapshot_bytes  # size of the latest snapshot (0: none yet)
+        self.since_snapshot = restored.since_snapshot  # changelog bytes written after it
         self.truncated_to: int | None = None  # the changelog's start after our last truncation
         self._truncation: asyncio.Task | None = None
         self.source_topic = source_topic
@@ -134,12 +153,10 @@ class PartitionTask:
             **(producer_config or {}),
         )
         await producer.start()  # init_transactions: fences the previous owner
-        restored_bytes = 0
+        restored = Restored()
 
         def apply(record: bytes) -> None:
-            nonlocal restored_bytes
-            restored_bytes += len(record)
-            state.apply_delta(record)
+            restored.count(record, state.apply_delta(record))
 
         try:
             applied = await restore_changelog(bootstrap, changelog_topic, partition, apply)
@@ -147,11 +164,9 @@ class PartitionTask:
             await producer.stop()
             raise
         log.info("%s partition %d restored from %d changelog records, %.1f MB (offset %d)",
-                 stage, partition, applied, restored_bytes / 1e6, state.offset)
-        task = cls(stage, source_topic, partition, changelog_topic, state, producer, app_id,
-                   bootstrap=bootstrap, restored_bytes=restored_bytes)
-        task.snapshot_min_bytes = snapshot_min_bytes
-        return task
+                 stage, partition, applied, restored.total_bytes / 1e6, state.offset)
+        return cls(stage, source_topic, partition, changelog_topic, state, producer, app_id, bootstrap=bootstrap,
+                   restored=restored, snapshot_min_bytes=snapshot_min_bytes)
 
     async def commit_state(self, outputs: Iterable[Output], next_offset: int | None) -> None:
         """commit() with the state's changelog record: its delta, or a snapshot when one is due
@@ -250,6 +265,32 @@ class PartitionTask:
 FRAGMENT_MARK = b"\x00frag"
 
 
+class Fragments:
+    """Reassembles changelog records from their fragments, in offset order (pure).
+
+    A record's fragments are written in one transaction to one partition by its only writer, so
+    their offsets are consecutive. A gap inside a record means the changelog was truncated while a
+    restore read it: the part read is dropped, and what follows is the snapshot at the new start.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []
+        self._next = -1
+
+    def feed(self, offset: int, value: bytes) -> bytes | None:
+        """The whole record that ends with this one, or None while it is still incomplete."""
+        if self._pending and offset != self._next:
+            self._pending.clear()
+        if value.startswith(FRAGMENT_MARK):
+            self._pending.append(value[len(FRAGMENT_MARK):])
+            self._next = offset + 1
+            return None
+        if self._pending:
+            value = b"".join(self._pending) + value
+            self._pending.clear()
+        return value
+
+
 def fragment_delta(delta: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> list[bytes]:
     """Split a large changelog delta into records; the last record is the tail of the delta.
 
@@ -282,8 +323,7 @@ async def restore_changelog(bootstrap: str, topic: str, partition: int, apply: C
     )
     await consumer.start()
     applied = 0
-    pending: list[bytes] = []
-    pending_next = -1
+    records = Fragments()
     try:
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
@@ -291,16 +331,9 @@ async def restore_changelog(bootstrap: str, topic: str, partition: int, apply: C
         while await consumer.position(tp) < end:
             batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
             for record in batch.get(tp, []):
-                value = record.value
-                if pending and record.offset != pending_next:
-                    pending.clear()  # the rest of that record was deleted by a truncation
-                if value.startswith(FRAGMENT_MARK):
-                    pending.append(value[len(FRAGMENT_MARK):])
-                    pending_next = record.offset + 1
+                value = records.feed(record.offset, record.value)
+                if value is None:
                     continue
-                if pending:
-                    value = b"".join(pending) + value
-                    pending.clear()
                 apply(value)
                 applied += 1
     finally:

@@ -1,8 +1,9 @@
-"""Changelog snapshots and truncation on the real broker (streams/partition_tasks.py).
+"""Changelog snapshots and truncation (streams/partition_tasks.py).
 
-The pure side (a snapshot restores the same state, read whole or from the snapshot on) is
-in test_windows_core.py; here the shell writes snapshots in its transactions, truncates the
-changelog with DeleteRecords, and a new owner restores from what is left.
+The states' side (a snapshot restores the same state, read whole or from the snapshot on) is
+in test_windows_core.py. Here: reassembling records from fragments when a truncation cuts one,
+and on the real broker, the shell writing snapshots in its transactions, truncating the
+changelog with DeleteRecords, and a new owner restoring from what is left.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 
 from test_windows_core import SPECS, T0, make_post
 
-pytestmark = pytest.mark.integration
 
 
 def batches(n: int, size: int = 300):
@@ -22,6 +22,35 @@ def batches(n: int, size: int = 300):
         yield orjson.dumps(posts + posts[:10])  # duplicates within the message
 
 
+def test_fragments_are_joined_and_a_record_cut_by_a_truncation_is_dropped():
+    from streams.partition_tasks import FRAGMENT_MARK, Fragments, fragment_delta
+
+    record = bytes(range(256)) * 40
+    pieces = fragment_delta(record, max_bytes=3000)
+    assert len(pieces) == 4 and all(p.startswith(FRAGMENT_MARK) for p in pieces[:-1])
+    joined = Fragments()
+    assert [joined.feed(10 + i, p) for i, p in enumerate(pieces)] == [None, None, None, record]
+    assert joined.feed(15, b"whole") == b"whole"  # a gap after a complete record is a transaction marker
+    # Two fragments read, then the changelog was truncated to a snapshot at offset 40.
+    cut = Fragments()
+    assert cut.feed(20, pieces[0]) is None and cut.feed(21, pieces[1]) is None
+    snapshot = fragment_delta(b"S" * 5000, max_bytes=3000)
+    assert [cut.feed(40 + i, p) for i, p in enumerate(snapshot)] == [None, b"S" * 5000]
+    cut = Fragments()
+    assert cut.feed(20, pieces[0]) is None
+    assert cut.feed(40, b"small snapshot") == b"small snapshot"  # the tail of nothing: dropped
+
+
+def test_a_stage2_snapshot_is_refused_by_code_that_predates_snapshots():
+    """A rollback during a rolling deploy must not add a snapshot to the state it restored so far:
+    the snapshot has its own version, which the earlier code refused as unknown."""
+    from tagpulse.core.stage2 import SNAPSHOT_VERSION, STATE_VERSION, MergeState
+
+    record = orjson.loads(MergeState(0, 1, SPECS).snapshot())
+    assert record["v"] == SNAPSHOT_VERSION and SNAPSHOT_VERSION not in (2, 3) and STATE_VERSION == 3
+
+
+@pytest.mark.integration
 def test_a_snapshot_truncates_the_changelog_and_the_next_owner_restores_from_it(namespace_settings):
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -67,8 +96,10 @@ def test_a_snapshot_truncates_the_changelog_and_the_next_owner_restores_from_it(
         restored = DedupWindowState(0, SPECS, 10, 7 * 86400)
         again = await open_task(restored)
         await again.close()
-        # It read the last snapshot and the deltas after it, nothing before.
-        assert again.since_snapshot == task.snapshot_bytes + task.since_snapshot
+        # It read the last snapshot and the deltas after it, nothing before, and goes on with the
+        # snapshot schedule where the previous owner left it (no snapshot just for having restored).
+        assert again.restored_bytes == task.snapshot_bytes + task.since_snapshot
+        assert (again.snapshot_bytes, again.since_snapshot) == (task.snapshot_bytes, task.since_snapshot)
         assert (restored.offset, restored.watermark, restored.max_event) == \
                (live.offset, live.watermark, live.max_event)
         assert restored.panes == live.panes

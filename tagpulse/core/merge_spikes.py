@@ -61,12 +61,13 @@ class MergeWithSpikes(MergeState):
                                "keys": [[*key, state.to_list()] for key, state in detector.keys.items()]})
         return _LEN.pack(len(merge)) + merge + spikes
 
-    def apply_delta(self, raw: bytes) -> None:
+    def apply_delta(self, raw: bytes) -> bool:
         (length,) = _LEN.unpack_from(raw)
-        super().apply_delta(raw[4:4 + length])
+        snapshot = super().apply_delta(raw[4:4 + length])
         body = orjson.loads(raw[4 + length:])
         if body.get("all"):  # a snapshot's: every key's baseline
             self.detector.keys = {}
         self.detector.started = body["started"]
         for tag, platform, size, state in body["keys"]:
             self.detector.set_key_state(tag, platform, size, state)
+        return snapshot

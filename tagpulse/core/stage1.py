@@ -344,7 +344,8 @@ class DedupWindowState:
         head = orjson.dumps(body)
         return _DELTA_HEAD.pack(SNAPSHOT_MAGIC, len(head)) + head + keys.tobytes() + times.tobytes()
 
-    def apply_delta(self, raw: bytes) -> None:
+    def apply_delta(self, raw: bytes) -> bool:
+        """Apply one changelog record; True if it was a snapshot."""
         if raw[:4] not in (DELTA_MAGIC, _PANE_SNAPSHOTS_MAGIC, SNAPSHOT_MAGIC):
             raise IncompatibleState(f"stage 1 partition {self.partition}: changelog record of format "
                                     f"{raw[:4]!r}, expected {DELTA_MAGIC!r}")
@@ -378,6 +379,7 @@ class DedupWindowState:
         if body["e"] is not None:
             self.dedup.expire(body["e"])
             self._expired_to = body["e"]
+        return raw[:4] == SNAPSHOT_MAGIC
 
 
 _COLUMNS = ("platform", "post_id", "author_id", "author_followers", "created_at", "hashtags", "is_share")

@@ -27,6 +27,9 @@ from tagpulse.core.windows import IncompatibleState, PaneWindows, Reach, WindowS
 # Version 3: closed-to time per window size ("f" a map). Version 2 (one closed-to time for every
 # size) is read as that time for each size; version 1 (unversioned, window partials) is not.
 STATE_VERSION = 3
+# A snapshot record: version 3's fields, and the state starts from nothing. Its own version, so
+# that a tagpulse from before snapshots refuses it instead of adding it to the state it has.
+SNAPSHOT_VERSION = 4
 
 # A jump of the frontier (the end of a replay, an idle upstream moving to the wall clock)
 # makes a day of windows final at once: millions of rows that the sink could read only when
@@ -231,11 +234,10 @@ class MergeState:
         return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
 
     def snapshot(self) -> bytes:
-        """The whole state as one changelog record, a delta that starts from nothing ("s"): every
-        pane share and window share as if accepted now (and the tracking reset, as by delta())."""
+        """The whole state as one changelog record, a delta that starts from nothing (SNAPSHOT_VERSION):
+        every pane share and window share as if accepted now (and the tracking reset, as by delta())."""
         body = {
-            "v": STATE_VERSION,
-            "s": True,
+            "v": SNAPSHOT_VERSION,
             "o": self.offset,
             "u": self.upstream,
             "f": self.closed,
@@ -247,14 +249,15 @@ class MergeState:
         self._accepted, self._accepted_windows, self._evicted = [], [], []
         return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
 
-    def apply_delta(self, raw: bytes) -> None:
+    def apply_delta(self, raw: bytes) -> bool:
+        """Apply one changelog record; True if it was a snapshot."""
         body = orjson.loads(raw)
         version = body.get("v") if isinstance(body, dict) else None
-        if version not in (2, STATE_VERSION):
+        if version not in (2, STATE_VERSION, SNAPSHOT_VERSION):
             found = body.get("v", 1) if isinstance(body, dict) else "?"
             raise IncompatibleState(f"stage 2 partition {self.partition}: changelog record of version {found}, "
                                     f"expected {STATE_VERSION}")
-        if body.get("s"):  # a snapshot: everything before it is in it
+        if version == SNAPSHOT_VERSION:  # everything before it is in it
             self.windows = PaneWindows(self.windows.specs)
             self.window_shares = {}
         self.offset = body["o"]
@@ -277,3 +280,4 @@ class MergeState:
         evicted = set(body["x"])
         if evicted:
             self.windows.evict_panes(evicted)
+        return version == SNAPSHOT_VERSION
