@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -396,6 +397,7 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
 
         sent, rows, visible = asyncio.run(go())
         pipeline.check_alive()
+        restart = _restart_after_live(ns, pipeline, pool)
     finally:
         pipeline.stop()
     # Only 1-minute windows that closed while posts were still flowing (not via the idle timeout).
@@ -409,7 +411,8 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
             per_end.setdefault(end, []).append(arrived - (end + grace))
     lat = sorted(x for v in per_end.values() for x in v)
     if not lat:
-        return {"rate": round(rate), "seconds": seconds, "posts_sent": sent, "error": "no 1-minute window closed"}
+        return {"rate": round(rate), "seconds": seconds, "posts_sent": sent, "error": "no 1-minute window closed",
+                "restart_after_live": restart}
     in_clickhouse = sorted(seen - (end + grace) for end, seen in visible if end in counted)
     boundaries = [{"window_end": time.strftime("%H:%M:%S", time.gmtime(end)), "rows": len(v),
                    "first_s": round(min(v), 3), "last_s": round(max(v), 3),
@@ -421,7 +424,56 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
             "measured_at": "row read from the windows topic", "boundaries": boundaries,
             "clickhouse": {"rows": len(in_clickhouse), "p50_s_after_end_plus_grace": _pct(in_clickhouse, 0.50),
                            "p99_s_after_end_plus_grace": _pct(in_clickhouse, 0.99),
-                           "measured_at": f"row counted in reach_windows (polled every {CLICKHOUSE_POLL_S} s)"}}
+                           "measured_at": f"row counted in reach_windows (polled every {CLICKHOUSE_POLL_S} s)"},
+            "restart_after_live": restart}
+
+
+_RESTORED = re.compile(rb"(dedup-window|merge) partition \d+ restored from (\d+) changelog records, ([\d.]+) MB")
+
+
+def _restart_after_live(ns: Namespace, pipeline, pool: list[dict]) -> dict:
+    """kill -9 every worker after the live run, start one, and time until it processes again.
+
+    What a restore costs after the state topics have taken minutes of live posts: with changelog
+    snapshots a restore reads about twice the state, without (TAGPULSE_SNAPSHOT_MIN_BYTES huge)
+    everything written since the start. Includes the consumer group's session timeout.
+    """
+    topics = ns.settings.topics
+
+    def unique_count() -> int:
+        return sum(asyncio.run(kafka_io.end_offsets(ns.bootstrap, topics.unique_posts)).values())
+
+    log_path = pipeline.workers[0].log_path
+    log_start = log_path.stat().st_size
+    before = unique_count()
+    for worker in pipeline.workers:
+        worker.kill()
+    killed = time.monotonic()
+    del pipeline.workers[1:]  # killed on purpose: not a failure for check_alive
+    pipeline.start_worker(0)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    asyncio.run(kafka_io.load(ns.bootstrap, [topics.raw],
+                              [(p, orjson.dumps([dict(pool[p], post_id=f"restart-{p}", created_at=now)]))
+                               for p in range(ns.settings.partitions)]))
+
+    def restores() -> list[tuple[bytes, bytes, bytes]]:
+        with open(log_path, "rb") as log:
+            log.seek(log_start)
+            return _RESTORED.findall(log.read())
+
+    wait_for(lambda: unique_count() >= before + ns.settings.partitions, 600, "the restarted worker",
+             pipeline=pipeline, step=0.25)
+    processing_s = time.monotonic() - killed
+    # Stage 2 opens a partition when its first record after the restart arrives.
+    wait_for(lambda: len(restores()) >= 2 * ns.settings.partitions, 600, "every partition restored",
+             pipeline=pipeline, step=0.25)
+    restored = restores()
+    return {"kill9_to_processing_s": round(processing_s, 1),
+            "kill9_to_all_restored_s": round(time.monotonic() - killed, 1),
+            "restored_mb": {stage.decode(): round(sum(float(mb) for s, _n, mb in restored if s == stage), 1)
+                            for stage in (b"dedup-window", b"merge")},
+            "restored_records": sum(int(n) for _s, n, _mb in restored),
+            "snapshot_min_bytes": ns.settings.snapshot_min_bytes}
 
 
 CLICKHOUSE_POLL_S = 0.2
