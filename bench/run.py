@@ -428,6 +428,18 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
             "restart_after_live": restart}
 
 
+def _probe_posts(ns: Namespace, pool: list[dict], tag: str) -> list[tuple[int, bytes]]:
+    """One post dated now per raw partition: each partition's stage 1 commits once it is processed."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return [(p, orjson.dumps([dict(pool[p], post_id=f"{tag}-{p}", created_at=now)]))
+            for p in range(ns.settings.partitions)]
+
+
+def _unique_count(ns: Namespace) -> int:
+    """Records on the unique-posts topic (each probe commit adds an output record and a commit marker)."""
+    return sum(asyncio.run(kafka_io.end_offsets(ns.bootstrap, ns.settings.topics.unique_posts)).values())
+
+
 _RESTORED = re.compile(rb"(dedup-window|merge) partition \d+ restored from (\d+) changelog records, ([\d.]+) MB")
 
 
@@ -438,30 +450,22 @@ def _restart_after_live(ns: Namespace, pipeline, pool: list[dict]) -> dict:
     snapshots a restore reads about twice the state, without (TAGPULSE_SNAPSHOT_MIN_BYTES huge)
     everything written since the start. Includes the consumer group's session timeout.
     """
-    topics = ns.settings.topics
-
-    def unique_count() -> int:
-        return sum(asyncio.run(kafka_io.end_offsets(ns.bootstrap, topics.unique_posts)).values())
-
     log_path = pipeline.workers[0].log_path
     log_start = log_path.stat().st_size
-    before = unique_count()
+    before = _unique_count(ns)
     for worker in pipeline.workers:
         worker.kill()
     killed = time.monotonic()
     del pipeline.workers[1:]  # killed on purpose: not a failure for check_alive
     pipeline.start_worker(0)
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    asyncio.run(kafka_io.load(ns.bootstrap, [topics.raw],
-                              [(p, orjson.dumps([dict(pool[p], post_id=f"restart-{p}", created_at=now)]))
-                               for p in range(ns.settings.partitions)]))
+    asyncio.run(kafka_io.load(ns.bootstrap, [ns.settings.topics.raw], _probe_posts(ns, pool, "restart")))
 
     def restores() -> list[tuple[bytes, bytes, bytes]]:
         with open(log_path, "rb") as log:
             log.seek(log_start)
             return _RESTORED.findall(log.read())
 
-    wait_for(lambda: unique_count() >= before + ns.settings.partitions, 600, "the restarted worker",
+    wait_for(lambda: _unique_count(ns) >= before + ns.settings.partitions, 600, "the restarted worker",
              pipeline=pipeline, step=0.25)
     processing_s = time.monotonic() - killed
     # Stage 2 opens a partition when its first record after the restart arrives.
@@ -525,29 +529,20 @@ def run_restart(ns: Namespace, keys: int, pool: list[dict]) -> dict:
     written = json.loads(done.stdout.decode().strip().splitlines()[-1])
     pipeline = ns.pipeline()
 
-    def probe(tag: str) -> list[tuple[int, bytes]]:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        return [(p, orjson.dumps([dict(pool[p], post_id=f"{tag}-{p}", created_at=now)]))
-                for p in range(ns.settings.partitions)]
-
-    def unique_count() -> int:
-        return sum(asyncio.run(kafka_io.end_offsets(ns.bootstrap, topics.unique_posts)).values())
-
     try:
         worker = pipeline.start_worker()
-        asyncio.run(kafka_io.load(ns.bootstrap, [topics.raw], probe("first")))
+        asyncio.run(kafka_io.load(ns.bootstrap, [topics.raw], _probe_posts(ns, pool, "first")))
         start = time.monotonic()
-        wait_for(lambda: unique_count() >= ns.settings.partitions, 600, "the first start to process",
+        wait_for(lambda: _unique_count(ns) >= ns.settings.partitions, 600, "the first start to process",
                  pipeline=pipeline, step=0.25)
         first_start_s = time.monotonic() - start
         rss_before_kill = peak_rss_mb(worker.pid)
-        before = unique_count()
+        before = _unique_count(ns)
         worker.kill()
         killed = time.monotonic()
         pipeline.start_worker(0)
-        asyncio.run(kafka_io.load(ns.bootstrap, [topics.raw], probe("second")))
-        # Each probe commit adds an output record and a commit marker per partition.
-        wait_for(lambda: unique_count() >= before + ns.settings.partitions, 600, "the restarted worker",
+        asyncio.run(kafka_io.load(ns.bootstrap, [topics.raw], _probe_posts(ns, pool, "second")))
+        wait_for(lambda: _unique_count(ns) >= before + ns.settings.partitions, 600, "the restarted worker",
                  pipeline=pipeline, step=0.25)
         restart_s = time.monotonic() - killed
         rss_after = peak_rss_mb(pipeline.workers[0].pid)
