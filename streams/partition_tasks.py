@@ -99,15 +99,21 @@ def pack_json_arrays(rows: list, max_bytes: int = MAX_MESSAGE_BYTES, encode=orjs
 Output = tuple[str, int, bytes]  # topic, partition, value
 
 
-class Restored:
-    """What a restore read: the latest snapshot's size and the bytes after it continue the snapshot
-    schedule where the previous owner left it (a restore is not a reason to write a snapshot)."""
+class SnapshotSchedule:
+    """When a partition writes a snapshot: once the changelog written after its latest snapshot
+    reaches that snapshot's size and min_bytes. The restore counts what it reads, every commit what
+    it writes, so a new owner goes on where the previous one left off (a restore alone is not a
+    reason to write a snapshot)."""
 
-    def __init__(self) -> None:
-        self.total_bytes = self.snapshot_bytes = self.since_snapshot = 0
+    def __init__(self, min_bytes: int = SNAPSHOT_MIN_BYTES) -> None:
+        self.min_bytes = min_bytes
+        self.snapshot_bytes = 0  # size of the latest snapshot (0: none yet)
+        self.since_snapshot = 0  # changelog bytes after it
+
+    def due(self) -> bool:
+        return self.since_snapshot >= max(self.min_bytes, self.snapshot_bytes)
 
     def count(self, record: bytes, snapshot: bool) -> None:
-        self.total_bytes += len(record)
         if snapshot:
             self.snapshot_bytes, self.since_snapshot = len(record), 0
         else:
@@ -117,14 +123,11 @@ class Restored:
 class PartitionTask:
     def __init__(self, stage: str, source_topic: str, partition: int, changelog_topic: str,
                  state, producer: AIOKafkaProducer, group_id: str, bootstrap: str | None = None,
-                 restored: "Restored | None" = None, snapshot_min_bytes: int = SNAPSHOT_MIN_BYTES):
+                 schedule: SnapshotSchedule | None = None, restored_bytes: int = 0):
         self.stage = stage
         self.bootstrap = bootstrap
-        self.snapshot_min_bytes = snapshot_min_bytes
-        restored = restored or Restored()
-        self.restored_bytes = restored.total_bytes
-        self.snapshot_bytes = restored.snapshot_bytes  # size of the latest snapshot (0: none yet)
-        self.since_snapshot = restored.since_snapshot  # changelog bytes written after it
+        self.schedule = schedule or SnapshotSchedule()
+        self.restored_bytes = restored_bytes
         self.truncated_to: int | None = None  # the changelog's start after our last truncation
         self._truncation: asyncio.Task | None = None
         self.source_topic = source_topic
@@ -153,10 +156,13 @@ class PartitionTask:
             **(producer_config or {}),
         )
         await producer.start()  # init_transactions: fences the previous owner
-        restored = Restored()
+        schedule = SnapshotSchedule(snapshot_min_bytes)
+        restored_bytes = 0
 
         def apply(record: bytes) -> None:
-            restored.count(record, state.apply_delta(record))
+            nonlocal restored_bytes
+            restored_bytes += len(record)
+            schedule.count(record, state.apply_delta(record))
 
         try:
             applied = await restore_changelog(bootstrap, changelog_topic, partition, apply)
@@ -164,20 +170,19 @@ class PartitionTask:
             await producer.stop()
             raise
         log.info("%s partition %d restored from %d changelog records, %.1f MB (offset %d)",
-                 stage, partition, applied, restored.total_bytes / 1e6, state.offset)
+                 stage, partition, applied, restored_bytes / 1e6, state.offset)
         return cls(stage, source_topic, partition, changelog_topic, state, producer, app_id, bootstrap=bootstrap,
-                   restored=restored, snapshot_min_bytes=snapshot_min_bytes)
+                   schedule=schedule, restored_bytes=restored_bytes)
 
     async def commit_state(self, outputs: Iterable[Output], next_offset: int | None) -> None:
         """commit() with the state's changelog record: its delta, or a snapshot when one is due
-        (see SNAPSHOT_MIN_BYTES), after which the changelog is truncated to the snapshot."""
-        snapshot = self.since_snapshot >= max(self.snapshot_min_bytes, self.snapshot_bytes)
+        (see SnapshotSchedule), after which the changelog is truncated to the snapshot."""
+        snapshot = self.schedule.due()
         record = self.state.snapshot() if snapshot else self.state.delta()
         first_offset = await self.commit(outputs, record, next_offset)
+        self.schedule.count(record, snapshot)
         if not snapshot:
-            self.since_snapshot += len(record)
             return
-        self.since_snapshot, self.snapshot_bytes = 0, len(record)
         log.info("%s partition %d: snapshot of %.1f MB at changelog offset %d",
                  self.stage, self.partition, len(record) / 1e6, first_offset)
         if self._truncation is None or self._truncation.done():

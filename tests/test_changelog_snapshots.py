@@ -77,13 +77,13 @@ def test_a_snapshot_truncates_the_changelog_and_the_next_owner_restores_from_it(
     async def go():
         live = DedupWindowState(0, SPECS, 10, 7 * 86400)
         task = await open_task(live)
-        task.snapshot_min_bytes = 40_000  # a snapshot every few batches
+        task.schedule.min_bytes = 40_000  # a snapshot every few batches
         snapshots = 0
         try:
             for offset, message in enumerate(batches(12)):
                 live.process([(offset, message)], "raw")
                 await task.commit_state([], None)
-                if task.since_snapshot == 0:
+                if task.schedule.since_snapshot == 0:
                     snapshots += 1
                     await task._truncation  # the test reads the log start right after
                     assert task.truncated_to is not None
@@ -98,8 +98,9 @@ def test_a_snapshot_truncates_the_changelog_and_the_next_owner_restores_from_it(
         await again.close()
         # It read the last snapshot and the deltas after it, nothing before, and goes on with the
         # snapshot schedule where the previous owner left it (no snapshot just for having restored).
-        assert again.restored_bytes == task.snapshot_bytes + task.since_snapshot
-        assert (again.snapshot_bytes, again.since_snapshot) == (task.snapshot_bytes, task.since_snapshot)
+        assert again.restored_bytes == task.schedule.snapshot_bytes + task.schedule.since_snapshot
+        assert (again.schedule.snapshot_bytes, again.schedule.since_snapshot) == \
+               (task.schedule.snapshot_bytes, task.schedule.since_snapshot)
         assert (restored.offset, restored.watermark, restored.max_event) == \
                (live.offset, live.watermark, live.max_event)
         assert restored.panes == live.panes
