@@ -37,6 +37,7 @@ import orjson
 
 from bench import kafka_io
 from bench.generate import synthetic_arrivals
+from tagpulse.core.windows import window_rows_of
 from tagpulse.pipeline import broker_pids, cpu_seconds, peak_rss_mb
 from tagpulse.stack import free_port
 
@@ -355,7 +356,7 @@ async def _read_windows(bootstrap: str, topic: str, stop: asyncio.Event, out: li
             now = time.time()
             for messages in batch.values():
                 for m in messages:
-                    for row in orjson.loads(m.value):
+                    for row in window_rows_of(m.value):
                         out.append((row["window_size"], row["window_end"], now))
     finally:
         await consumer.stop()

@@ -221,6 +221,9 @@ TABLES: dict[str, TableSpec] = {
                 "r.hashtags", "r.is_share", "ifNull(r.original_post_id, '')", "r.likes", "r.shares", "r.replies",
                 "r.quotes", "now64(3, 'UTC')"),
     ),
+    # Rows come as arrays (tagpulse.core.windows.WINDOW_ROW_FIELDS, the tuple's order) or, written
+    # by older workers, as objects: JSONExtract reads a named Tuple from either, so one insert
+    # takes a batch holding both.
     "reach_windows": TableSpec(
         table="reach_windows",
         topic_attr="windows",
@@ -282,7 +285,13 @@ INPUT_STRUCTURE = "_partition UInt16, _offset UInt64, body String"
 
 def count_rows(spec: TableSpec, value: bytes) -> int:
     """Rows in one message without decoding it (exact for orjson output; at least 1 for the batch limits)."""
-    return value.count(spec.count_key)
+    rows = value.count(spec.count_key)
+    if not rows and value.startswith(b"[["):
+        # Rows as arrays of scalars starting with a string (the windows topic,
+        # tagpulse.core.windows.WINDOW_ROW_FIELDS): `],["` is between two rows and nowhere else,
+        # since JSON writes a quote inside a string as \".
+        return value.count(b'],["') + 1
+    return rows
 
 
 # --------------------------------------------------------------------------- shell

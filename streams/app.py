@@ -28,7 +28,7 @@ from tagpulse import config
 from tagpulse.kafka_security import faust_credentials
 from tagpulse.core.stage1 import DedupWindowState
 from tagpulse.core.merge_spikes import MergeWithSpikes
-from tagpulse.core.windows import IncompatibleState
+from tagpulse.core.windows import IncompatibleState, window_row_arrays
 
 log = logging.getLogger("tagpulse.streams")
 
@@ -235,10 +235,7 @@ async def idle_stage1(partition: int, now: float) -> None:
 
 
 def stage2_outputs(partition: int, result) -> list[tuple[str, int, bytes]]:
-    now = time.time()
-    for row in result.rows:
-        row["closed_at"] = now
-    outputs = [(topics.windows, partition, v) for v in pack_json_arrays(result.rows)]
+    outputs = [(topics.windows, partition, v) for v in pack_json_arrays(window_row_arrays(result.rows, time.time()))]
     outputs += [(topics.late, partition, v) for v in pack_json_arrays(result.late_rows())]
     outputs += [(topics.spikes, partition, v) for v in pack_json_arrays([s.row() for s in result.spikes])]
     return outputs

@@ -61,8 +61,10 @@ async def produce_posts(bootstrap: str, topic: str, arrivals: list[dict], partit
 
 
 async def read_all(bootstrap: str, topic: str, *, quiet_s: float = 6.0, max_s: float = 240.0,
-                   until=None) -> list:
-    """Read committed JSON-array messages until nothing new arrives for quiet_s (or until(rows) is true)."""
+                   until=None, rows_of=orjson.loads) -> list:
+    """Read committed JSON-array messages until nothing new arrives for quiet_s (or until(rows) is true).
+
+    rows_of turns one message into its rows (tagpulse.core.windows.window_rows_of for the windows topic)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, isolation_level="read_committed",
                                 auto_offset_reset="earliest", group_id=None, enable_auto_commit=False)
     await consumer.start()
@@ -74,7 +76,7 @@ async def read_all(bootstrap: str, topic: str, *, quiet_s: float = 6.0, max_s: f
             got = False
             for messages in batch.values():
                 for m in messages:
-                    rows.extend(orjson.loads(m.value))
+                    rows.extend(rows_of(m.value))
                     got = True
             now = time.monotonic()
             if got:

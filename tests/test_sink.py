@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from sinks import clickhouse as ch
+from tagpulse.core.windows import window_row_arrays
 
 REPO = Path(__file__).resolve().parents[1]
 TOPICS = ("posts.unique", "windows", "late", "deadletters")
@@ -167,7 +168,9 @@ def test_only_committed_rows_reach_clickhouse(kafka_bootstrap, tmp_path):
     namespace = f"sinktest-{uuid.uuid4().hex[:8]}"
     asyncio.run(create_topics(kafka_bootstrap, namespace))
     committed = [("posts.unique", 0, [post(1), post(2)]), ("posts.unique", 1, [post(3)]),
-                 ("windows", 2, [WINDOW, dict(WINDOW, platform="facebook", posts=1)]),
+                 # Rows as objects (older workers) and as arrays in one batch: one insert takes both.
+                 ("windows", 2, [WINDOW]),
+                 ("windows", 2, window_row_arrays([dict(WINDOW, platform="facebook", posts=1)], WINDOW["closed_at"])),
                  ("late", 1, [LATE]), ("deadletters", 0, [DEAD, dict(DEAD, stage="produce", at=1432113400.25)])]
     aborted = [("posts.unique", 0, [post(100), post(101)]), ("windows", 2, [dict(WINDOW, tag="aborted")]),
                ("late", 1, [dict(LATE, tag="aborted")]), ("deadletters", 0, [dict(DEAD, reason="aborted")])]
@@ -210,6 +213,7 @@ def test_only_committed_rows_reach_clickhouse(kafka_bootstrap, tmp_path):
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{sink.env['TAGPULSE_SINK_METRICS_PORT']}/metrics",
                                          timeout=10).read().decode()
         assert 'tagpulse_sink_rows_total{table="posts"} 4.0' in metrics
+        assert 'tagpulse_sink_rows_total{table="reach_windows"} 2.0' in metrics
     finally:
         sink.stop()
     assert sink.proc.returncode == 0, sink.log()

@@ -12,7 +12,7 @@ import orjson
 from streamkit import Worker, produce_aborted, produce_posts, read_all, run, worker_env
 from streams.partition_tasks import tag_partition
 from tagpulse.core.stage1 import epoch_seconds
-from tagpulse.core.windows import oracle_windows, row_key
+from tagpulse.core.windows import oracle_windows, row_key, window_rows_of
 from test_windows_core import SPECS, synthetic_stream
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,8 @@ async def window_messages(bootstrap: str, topic: str) -> list[tuple[int, int, se
                 break
             for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
                 for m in messages:
-                    rows = orjson.loads(m.value)
+                    assert m.value.startswith(b'[["'), "the worker writes window rows as arrays"
+                    rows = window_rows_of(m.value)
                     out.append((tp.partition, m.offset, {r["window_size"] for r in rows},
                                 {r["window_end"] for r in rows}))
         return out
@@ -92,7 +93,7 @@ def test_windows_equal_oracle_with_duplicates_and_disorder(namespace_settings, t
     try:
         run(produce_posts(settings.kafka_bootstrap, settings.topics.raw, arrivals, settings.partitions,
                           singles_every=97))
-        rows = run(read_all(settings.kafka_bootstrap, settings.topics.windows,
+        rows = run(read_all(settings.kafka_bootstrap, settings.topics.windows, rows_of=window_rows_of,
                             until=lambda r: len(r) >= len(expected)))
         messages = run(window_messages(settings.kafka_bootstrap, settings.topics.windows))
         uniques = run(read_all(settings.kafka_bootstrap, settings.topics.unique_posts, quiet_s=2))
@@ -153,7 +154,7 @@ def test_windows_exact_after_kill_minus_9_mid_replay(namespace_settings, tmp_pat
         assert len(seen) < len(posts), "replay finished before the kill; make it larger"
         worker.kill()
         worker = Worker(env, tmp_path / "worker.log").start()
-        rows = run(read_all(settings.kafka_bootstrap, settings.topics.windows,
+        rows = run(read_all(settings.kafka_bootstrap, settings.topics.windows, rows_of=window_rows_of,
                             until=lambda r: len(r) >= len(expected)))
         uniques = run(read_all(settings.kafka_bootstrap, settings.topics.unique_posts, quiet_s=2))
     finally:
@@ -183,7 +184,7 @@ def test_windows_exact_when_a_second_worker_joins_mid_replay(namespace_settings,
             seen = run(read_all(settings.kafka_bootstrap, settings.topics.unique_posts, quiet_s=0.5, max_s=3))
         assert seen and len(seen) < len(posts)
         second = Worker(env, tmp_path / "worker-2.log").start()
-        rows = run(read_all(settings.kafka_bootstrap, settings.topics.windows,
+        rows = run(read_all(settings.kafka_bootstrap, settings.topics.windows, rows_of=window_rows_of,
                             until=lambda r: len(r) >= len(expected)))
         uniques = run(read_all(settings.kafka_bootstrap, settings.topics.unique_posts, quiet_s=2))
     finally:

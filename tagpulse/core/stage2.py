@@ -40,7 +40,7 @@ CLOSE_STEP = 2 * 3600
 
 @dataclass
 class Stage2Result:
-    rows: list[dict] = field(default_factory=list)  # final windows, without closed_at
+    rows: list[dict] = field(default_factory=list)  # final windows (Reach.row), without closed_at
     late: dict[tuple, int] = field(default_factory=dict)  # (tag, platform, size, start) -> events
     spikes: list = field(default_factory=list)  # filled by MergeWithSpikes
 

@@ -15,7 +15,10 @@ import heapq
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from math import gcd
+from operator import itemgetter
 from typing import Iterable, Iterator
+
+import orjson
 
 WindowSpec = tuple[int, int]  # (size, hop) seconds
 
@@ -139,6 +142,25 @@ def oracle_windows(posts: Iterable[tuple[int, dict]], specs: Iterable[WindowSpec
     rows = [r.row(tag, platform, size, start) for (tag, platform, size, start), r in acc.items()]
     rows.sort(key=row_key)
     return rows
+
+
+# On the windows topic a final row is a JSON array of these fields in this order (closed_at: epoch
+# float, when the worker committed it): ≈ 90 bytes where the same row as an object took ≈ 250, so
+# the broker carries and the sink parses about a third (the day windows of every tag are most rows).
+# Readers take both shapes (window_rows_of): messages written before this format hold objects.
+WINDOW_ROW_FIELDS = ("tag", "platform", "window_size", "window_start", "window_end", "posts", "originals",
+                     "shares", "unique_authors", "potential_reach", "impressions", "engagement", "closed_at")
+_ROW_VALUES = itemgetter(*WINDOW_ROW_FIELDS[:-1])
+
+
+def window_row_arrays(rows: list[dict], closed_at: float) -> list[tuple]:
+    """Final rows (Reach.row dicts) as the windows topic carries them (orjson writes tuples as arrays)."""
+    return [(*_ROW_VALUES(row), closed_at) for row in rows]
+
+
+def window_rows_of(value: bytes) -> list[dict]:
+    """The rows of one windows-topic message as dicts, whichever shape it holds."""
+    return [row if type(row) is dict else dict(zip(WINDOW_ROW_FIELDS, row)) for row in orjson.loads(value)]
 
 
 def row_key(row: dict) -> tuple:
