@@ -480,3 +480,58 @@ def test_late_posts_give_the_same_rows_and_late_counts_across_restarts():
     # Every post is in each of its 37 windows per tag exactly once: either counted there or late.
     counted = sum(r["posts"] for r in rows) + sum(r["events"] for r in late)
     assert counted == sum(37 * len(p["hashtags"]) for p in posts)
+
+
+def _stage1_outcome(res) -> tuple:
+    return (res.unique_post_dicts(), res.dead_letters, sorted(res.late.items()), res.partials,
+            res.window_share_rows(), res.posts_in, res.duplicates, res.skipped, res.watermark_changed,
+            list(res.completeness.items()))
+
+
+@pytest.mark.parametrize("seed,decode", [(1, passthrough), (2, passthrough), (3, None)])
+def test_messages_applied_a_column_at_a_time_equal_the_per_post_path(seed, decode):
+    """Stage 1 applies a message whose posts all fall in open panes in bulk (bulk_apply): same results,
+    state and changelog records as taking every post through the per-post checks, on a dense stream
+    with duplicates (also within a message), posts beyond the grace, posts older than the dedup
+    horizon, idle advances and a restart."""
+    rng = random.Random(seed)
+    tags = ["einbuchfuerkai", "buchtipp", "lesen", "kafka", "montag", "x"]
+    arrivals, t = [], T0
+    for i in range(8000):
+        t += rng.choice([0] * 300 + [1, 2, 30])  # ≈ 9 posts a second, now and then a gap
+        late_by = rng.choice([0] * 400 + [25, 70, 200])  # beyond the 10 s grace: late for some windows
+        if rng.random() < 0.0005:
+            late_by = 3 * 3600  # older than the 2 h dedup horizon of this state
+        post = make_post(i, t - late_by, rng.sample(tags, rng.randint(0, 3)), rng.randint(1, 300),
+                         rng.randint(0, 5000), platform=rng.choice(["twitter", "mastodon"]), share=rng.random() < 0.3)
+        arrivals.append(post)
+        if rng.random() < 0.04:  # a duplicate: mostly at once, a few from much earlier
+            arrivals.append(post if rng.random() < 0.9 else arrivals[rng.randrange(len(arrivals))])
+    bulk = DedupWindowState(0, SPECS, 10, 7200, decode=decode)
+    per_post = DedupWindowState(0, SPECS, 10, 7200, decode=decode)
+    per_post.bulk_apply = False
+    applied = []
+    bulk._apply_in_open_panes = lambda *args: (applied.append(1),
+                                                 DedupWindowState._apply_in_open_panes(bulk, *args))
+    offset = i = messages = 0
+    while i < len(arrivals):
+        size = rng.choice([1, 5, 20, 50, 200])
+        records = []
+        for _ in range(rng.randint(1, 4)):
+            records.append((offset, orjson.dumps(arrivals[i:i + size])))
+            offset, i, messages = offset + 1, i + size, messages + 1
+        assert _stage1_outcome(bulk.process(records)) == _stage1_outcome(per_post.process(records))
+        if rng.random() < 0.02:  # an idle partition: the watermark jumps to the "wall clock"
+            wall = bulk.max_event + rng.randint(0, 400)
+            assert _stage1_outcome(bulk.advance_idle(wall)) == _stage1_outcome(per_post.advance_idle(wall))
+        assert bulk.delta() == per_post.delta()
+        if rng.random() < 0.03:
+            snapshot = bulk.snapshot()
+            assert snapshot == per_post.snapshot()
+            restored = DedupWindowState(0, SPECS, 10, 7200, decode=decode)
+            restored.apply_delta(snapshot)
+            restored._apply_in_open_panes = bulk._apply_in_open_panes
+            bulk = restored
+    # Both paths ran: many messages in bulk, the rest (shipping panes, late or too old posts) per post.
+    assert len(applied) > messages / 3 and messages - len(applied) > 20, (len(applied), messages)
+    assert bulk.snapshot() == per_post.snapshot()

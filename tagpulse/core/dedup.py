@@ -106,6 +106,19 @@ class DedupIndex:
         recent[key] = event_time
         return True
 
+    def add_each(self, keys: list[int], event_times: list[int], in_arrays: list[bool]) -> list[bool]:
+        """add() of every key in order (a repeat within the list is a duplicate of its first); one call
+        for a whole message. in_arrays: the keys' probe() answers."""
+        recent = self._recent
+        fresh = []
+        for key, event_time, known in zip(keys, event_times, in_arrays):
+            if known or key in recent:
+                fresh.append(False)
+            else:
+                recent[key] = event_time
+                fresh.append(True)
+        return fresh
+
     def add_arrays(self, keys: np.ndarray, times: np.ndarray) -> None:
         """Keys known to be new (a changelog restore); sorted lazily, once."""
         if len(keys):

@@ -23,6 +23,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import compress
 from operator import attrgetter, itemgetter
 
 import msgspec
@@ -139,6 +140,10 @@ class Stage1Result:
 class DedupWindowState:
     """All state of one stage-1 partition; mutate only through process/advance_idle."""
 
+    # Apply a message whose posts all fall in open panes a column at a time (_apply_in_open_panes);
+    # False takes every post through _apply_post (the differential test compares the two).
+    bulk_apply = True
+
     def __init__(self, partition: int, specs: tuple[WindowSpec, ...], grace: int, dedup_ttl: int,
                  decode=None):
         self.partition = partition
@@ -159,8 +164,8 @@ class DedupWindowState:
         # changes since the last delta()
         self._new_keys: list[int] = []
         self._new_times: list[int] = []
-        # [pane start, platform, author, followers, is_share, engagement, tags] per folded post
-        self._folded: list[list] = []
+        # (pane start, platform, author, followers, is_share, engagement, tags) per folded post
+        self._folded: list[tuple] = []
         self._evicted: list[int] = []
         self._expired_to: int | None = None
 
@@ -191,12 +196,65 @@ class DedupWindowState:
         known = dedup.probe(key_array)
         times = list(map(_epoch_cached, created))
         result.count_received(platforms, times)
+        if self.bulk_apply and self._all_in_open_panes(times):
+            self._apply_in_open_panes(posts, key_array.tolist(), known, times, platforms,
+                                      (authors, followers, shares, engagements, tags), result)
+            return
         for post, key, in_arrays, t, platform, post_fields in zip(
                 posts, key_array.tolist(), known, times, platforms,
                 zip(authors, followers, shares, engagements, tags)):
             if dedup.generation != generation:
                 in_arrays = None  # expiry ran mid-message: the probe is stale
             self._apply_post(post, key, in_arrays, t, platform, post_fields, result)
+
+    def _all_in_open_panes(self, times: list[int]) -> bool:
+        """Whether every post of a message is a duplicate or a fold into an open pane, whatever its order:
+        none too old for dedup, none in a shipped pane, and the watermark (moved by these posts at most
+        to the latest minus grace) ends no pane, so nothing ships and no dedup key expires meanwhile.
+        Most messages of a stream are like that: their posts are seconds apart, panes a minute wide."""
+        watermark = self.watermark
+        if watermark is None:
+            return False
+        width = self.width
+        first = min(times)
+        highest = max(watermark, max(times) - self.grace)
+        return (highest // width == watermark // width and first - first % width + width > watermark
+                and first >= highest - self.dedup_ttl)
+
+    def _apply_in_open_panes(self, posts: list, keys: list[int], known: list[bool], times: list[int],
+                             platforms: list[str], fields: tuple[list, ...], result: Stage1Result) -> None:
+        """_apply_post of every post of a message that _all_in_open_panes admits, a column at a time:
+        the same state, outputs and changelog, without the per-post checks that cannot fire."""
+        fresh = self.dedup.add_each(keys, times, known)
+        width = self.width
+        panes_of = [t - t % width for t in times]
+        if all(fresh):
+            new_posts, new_keys, new_times = posts, keys, times
+            folds = list(zip(panes_of, platforms, *fields))
+        else:
+            for platform, t, is_new in zip(platforms, times, fresh):
+                if not is_new:
+                    result.duplicates[platform] = result.duplicates.get(platform, 0) + 1
+                    result._source(platform, t)[1] += 1
+            new_posts = list(compress(posts, fresh))
+            if not new_posts:
+                return
+            new_keys, new_times = list(compress(keys, fresh)), list(compress(times, fresh))
+            folds = list(compress(zip(panes_of, platforms, *fields), fresh))
+        self._new_keys += new_keys
+        self._new_times += new_times
+        result.unique_posts += new_posts
+        self._folded += folds
+        self._fold_all(folds)
+        if self.idle:
+            self.idle = False
+            result.watermark_changed = True
+        latest = max(new_times)
+        if self.max_event is None or latest > self.max_event:
+            self.max_event = latest
+            if latest - self.grace > self.watermark:
+                self.watermark = latest - self.grace  # within the pane the watermark was in: nothing ships
+                result.watermark_changed = True
 
     def _apply_post(self, post, key: int, in_arrays: bool | None, t: int, platform: str, post_fields: tuple,
                     result: Stage1Result) -> None:
@@ -220,9 +278,9 @@ class DedupWindowState:
             result.watermark_changed = True
         ps = t - t % self.width
         if watermark is None or ps + self.width > watermark:
-            fold = [ps, platform, *post_fields]
+            fold = (ps, platform, *post_fields)
             self._folded.append(fold)
-            self._fold_fields(*fold)
+            self._fold_all((fold,))
         else:
             result._source(platform, t)[2] += 1  # its pane was shipped: late for at least its 1-minute window
             self._late(t, platform, post_fields, result, share_open=True)
@@ -257,19 +315,22 @@ class DedupWindowState:
                             reach = shares[k] = Reach()
                         reach.add_post(*share)
 
-    def _fold_fields(self, ps: int, platform: str, author: str, followers: int, is_share: bool,
-                     engagement: int, tags: list[str]) -> None:
-        """Fold one post into its pane; also how a restore replays the changelog's folded posts."""
+    def _fold_all(self, folds) -> None:
+        """Fold posts into their panes; also how a restore replays the changelog's folded posts.
+        A fold is (pane start, platform, author, followers, is_share, engagement, tags)."""
         panes = self.panes
-        pane = panes.get(ps)
-        if pane is None:
-            pane = panes[ps] = {}
-            heapq.heappush(self._pane_heap, ps)
-        for tag in tags:
-            reach = pane.get((tag, platform))
-            if reach is None:
-                reach = pane[(tag, platform)] = Reach()
-            reach.add_post(author, followers, is_share, engagement)
+        pane_start = pane = None
+        for ps, platform, author, followers, is_share, engagement, tags in folds:
+            if ps != pane_start:  # a message's posts are mostly of one pane
+                pane_start, pane = ps, panes.get(ps)
+                if pane is None:
+                    pane = panes[ps] = {}
+                    heapq.heappush(self._pane_heap, ps)
+            for tag in tags:
+                reach = pane.get((tag, platform))
+                if reach is None:
+                    reach = pane[(tag, platform)] = Reach()
+                reach.add_post(author, followers, is_share, engagement)
 
     # ------------------------------------------------------------ watermark
     def advance_idle(self, wall_now: float) -> Stage1Result:
@@ -366,8 +427,7 @@ class DedupWindowState:
         self.max_event = body["me"]
         self.watermark = body["wm"]
         self.idle = body["idle"]
-        for fold in body.get("f", ()):
-            self._fold_fields(*fold)
+        self._fold_all(body.get("f", ()))
         for ps, tag, platform, data in body.get("p", ()):  # TPD2 and snapshots: the pane whole
             pane = self.panes.get(ps)
             if pane is None:
