@@ -287,10 +287,12 @@ def count_rows(spec: TableSpec, value: bytes) -> int:
     """Rows in one message without decoding it (exact for orjson output; at least 1 for the batch limits)."""
     rows = value.count(spec.count_key)
     if not rows and value.startswith(b"[["):
-        # Rows as arrays of scalars starting with a string (the windows topic,
-        # tagpulse.core.windows.WINDOW_ROW_FIELDS): `],["` is between two rows and nowhere else,
-        # since JSON writes a quote inside a string as \".
-        return value.count(b'],["') + 1
+        # Rows as arrays of scalars led by two strings (the windows topic: tag, platform, …;
+        # tagpulse.core.windows.WINDOW_ROW_FIELDS). Between two rows stands `],["`. Inside a string
+        # the `"` would have to be its closing quote (JSON escapes the others): a tag ending in `],[`,
+        # which is followed by `","` and the platform. A row's tag is never empty, so `],[","` is
+        # never a boundary, and the difference counts the boundaries exactly.
+        return value.count(b'],["') - value.count(b'],[","') + 1
     return rows
 
 

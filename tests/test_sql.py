@@ -98,18 +98,23 @@ def test_window_rows_as_arrays_round_trip_and_are_counted():
     base = {"platform": "mastodon", "window_size": 60, "window_start": 1432113300, "window_end": 1432113360,
             "posts": 3, "originals": 2, "shares": 1, "unique_authors": 2, "potential_reach": 30,
             "impressions": 40, "engagement": 5}
-    # Tags that hold the separator the count looks for, quotes and brackets.
-    rows = [dict(base, tag=tag) for tag in ("einbuchfuerkai", '"],["', "a],[b", "[[")]
+    # Tags that hold the row separator or its parts, quotes, brackets, backslashes; first and not first.
+    tags = ("],[", "einbuchfuerkai", '"],["', "a],[b", "[[", "x],[", "1],[", '],[","', "\\],[", "ä],[")
+    rows = [dict(base, tag=tag) for tag in tags]
     value = orjson.dumps(window_row_arrays(rows, 1432113371.5))
-    assert value.startswith(b'[["einbuchfuerkai","mastodon",60,1432113300,1432113360,3,2,1,2,30,40,5,1432113371.5]')
+    assert orjson.dumps(window_row_arrays(rows[1:2], 1432113371.5)) == \
+        b'[["einbuchfuerkai","mastodon",60,1432113300,1432113360,3,2,1,2,30,40,5,1432113371.5]]'
     assert window_rows_of(value) == [dict(row, closed_at=1432113371.5) for row in rows]
     spec = ch.TABLES["reach_windows"]
-    assert ch.count_rows(spec, value) == 4
-    assert ch.count_rows(spec, orjson.dumps(window_row_arrays(rows[:1], 0.0))) == 1
+    assert ch.count_rows(spec, value) == len(rows)
+    for i in range(len(rows)):  # every tag alone, and every pair in both orders
+        assert ch.count_rows(spec, orjson.dumps(window_row_arrays(rows[i:i + 1], 0.0))) == 1
+        for j in range(len(rows)):
+            assert ch.count_rows(spec, orjson.dumps(window_row_arrays([rows[i], rows[j]], 0.0))) == 2
     # Messages of older workers: objects.
     objects = orjson.dumps([dict(row, closed_at=1.5) for row in rows])
     assert window_rows_of(objects) == [dict(row, closed_at=1.5) for row in rows]
-    assert ch.count_rows(spec, objects) == 4
+    assert ch.count_rows(spec, objects) == len(rows)
     # The sink's JSONExtract reads an array by position: its tuple lists the fields in the topic's order.
     names = [field.split()[0] for field in spec.json_type.removeprefix("Tuple(").removesuffix(")").split(", ")]
     assert tuple(names) == WINDOW_ROW_FIELDS

@@ -145,7 +145,7 @@ def oracle_windows(posts: Iterable[tuple[int, dict]], specs: Iterable[WindowSpec
 
 
 # On the windows topic a final row is a JSON array of these fields in this order (closed_at: epoch
-# float, when the worker committed it): ≈ 90 bytes where the same row as an object took ≈ 250, so
+# float, when the worker committed it): ≈ 95 bytes where the same row as an object took ≈ 255, so
 # the broker carries and the sink parses about a third (the day windows of every tag are most rows).
 # Readers take both shapes (window_rows_of): messages written before this format hold objects.
 WINDOW_ROW_FIELDS = ("tag", "platform", "window_size", "window_start", "window_end", "posts", "originals",
