@@ -105,6 +105,10 @@ class Stage1Result:
             counts = self.completeness[key] = [0, 0, 0]
         return counts
 
+    def count_duplicate(self, platform: str, t: int) -> None:
+        self.duplicates[platform] = self.duplicates.get(platform, 0) + 1
+        self._source(platform, t)[1] += 1
+
     def count_received(self, platforms: list[str], times: list[int]) -> None:
         """Count a message's valid posts per platform and per (platform, minute) at once."""
         posts_in = self.posts_in
@@ -234,8 +238,7 @@ class DedupWindowState:
         else:
             for platform, t, is_new in zip(platforms, times, fresh):
                 if not is_new:
-                    result.duplicates[platform] = result.duplicates.get(platform, 0) + 1
-                    result._source(platform, t)[1] += 1
+                    result.count_duplicate(platform, t)
             new_posts = list(compress(posts, fresh))
             if not new_posts:
                 return
@@ -249,12 +252,8 @@ class DedupWindowState:
         if self.idle:
             self.idle = False
             result.watermark_changed = True
-        latest = max(new_times)
-        if self.max_event is None or latest > self.max_event:
-            self.max_event = latest
-            if latest - self.grace > self.watermark:
-                self.watermark = latest - self.grace  # within the pane the watermark was in: nothing ships
-                result.watermark_changed = True
+        # Within the pane the watermark was in (_all_in_open_panes): _advance ships nothing.
+        self._see_event_time(max(new_times), result)
 
     def _apply_post(self, post, key: int, in_arrays: bool | None, t: int, platform: str, post_fields: tuple,
                     result: Stage1Result) -> None:
@@ -267,8 +266,7 @@ class DedupWindowState:
             result._source(platform, t)[2] += 1
             return
         if not self.dedup.add(key, t, in_arrays):
-            result.duplicates[platform] = result.duplicates.get(platform, 0) + 1
-            result._source(platform, t)[1] += 1
+            result.count_duplicate(platform, t)
             return
         self._new_keys.append(key)
         self._new_times.append(t)
@@ -284,10 +282,14 @@ class DedupWindowState:
         else:
             result._source(platform, t)[2] += 1  # its pane was shipped: late for at least its 1-minute window
             self._late(t, platform, post_fields, result, share_open=True)
+        self._see_event_time(t, result)
+
+    def _see_event_time(self, t: int, result: Stage1Result) -> None:
+        """A unique post at event time t: the max event time, and with it the watermark, may move on."""
         if self.max_event is None or t > self.max_event:
             self.max_event = t
             candidate = t - self.grace
-            if watermark is None or candidate > watermark:
+            if self.watermark is None or candidate > self.watermark:
                 self._advance(candidate, result)
 
     def _late(self, t: int, platform: str, post_fields: tuple, result: Stage1Result, share_open: bool) -> None:
