@@ -10,6 +10,7 @@ import time
 from operator import itemgetter
 
 from tagpulse import metrics as m
+from tagpulse.core.windows import ROW_END
 
 log = logging.getLogger("tagpulse.streams")
 
@@ -66,7 +67,7 @@ def stage2(partition, result, state) -> None:
         return
     # One latency per window end: the rows that end together were emitted together, and a
     # histogram observation per row cost seconds for the million rows of a day's close.
-    for window_end in set(map(itemgetter("window_end"), result.rows)):
+    for window_end in set(map(itemgetter(ROW_END), result.rows)):
         m.observe_window_close(window_end, _grace, now)
     _tags.add_windows(result.rows)
     for spike in getattr(result, "spikes", ()):

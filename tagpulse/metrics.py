@@ -22,6 +22,9 @@ from typing import Iterable, Mapping
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
+from tagpulse.core.windows import (ROW_END, ROW_IMPRESSIONS, ROW_PLATFORM, ROW_POSTS, ROW_REACH, ROW_SIZE,
+                                   ROW_TAG)
+
 
 def _metric(kind, name: str, documentation: str, labelnames: Iterable[str] = (), **kwargs):
     """Create a collector, or return the one already registered under that name.
@@ -231,47 +234,50 @@ class TagGauges:
         self._exported: set[str] = set()
         self.changed = False  # fed since the last export()
 
-    def add_windows(self, rows: Iterable[Mapping]) -> None:
-        """add_window for a batch, newest window per (tag, platform, size) only.
+    def add_windows(self, rows: list[tuple]) -> None:
+        """Final window rows as stage 2 emits them (tuples, tagpulse.core.windows.WINDOW_ROW_FIELDS),
+        the newest window per (tag, platform, size) only.
 
         A close emits 12 overlapping hour windows per key and many day windows; only the newest
         hour and minute window can change a gauge, so the others are skipped without a call each.
         """
         sizes = (self.minute, self.hour)
-        rows = rows if isinstance(rows, list) else list(rows)
         # A close step's rows are of one window size, most often the day windows no gauge shows:
         # a look at the sizes in C skips such a batch without a Python step per row.
-        if not any(size in sizes for size in set(map(itemgetter("window_size"), rows))):
+        if not any(size in sizes for size in set(map(itemgetter(ROW_SIZE), rows))):
             return
-        newest: dict[tuple, Mapping] = {}
+        newest: dict[tuple, tuple] = {}
         for row in rows:
-            size = row["window_size"]
+            size = row[ROW_SIZE]
             if size in sizes:
-                key = (row["tag"], row["platform"], size)
+                key = (row[ROW_TAG], row[ROW_PLATFORM], size)
                 known = newest.get(key)
-                if known is None or row["window_end"] >= known["window_end"]:
+                if known is None or row[ROW_END] >= known[ROW_END]:
                     newest[key] = row
         for row in newest.values():
-            self.add_window(row)
+            self._set(row[ROW_TAG], row[ROW_PLATFORM], row[ROW_SIZE], row[ROW_END], row[ROW_POSTS], row[ROW_REACH],
+                      row[ROW_IMPRESSIONS])
 
     def add_window(self, row: Mapping) -> None:
+        """One final window row as a mapping of WINDOW_ROW_FIELDS (extra keys are ignored)."""
+        self._set(str(row["tag"]), str(row["platform"]), int(row["window_size"]), int(row["window_end"]),
+                  int(row["posts"]), int(row["potential_reach"]), int(row["impressions"]))
+
+    def _set(self, tag: str, platform: str, size: int, end: int, posts: int, reach: int, impressions: int) -> None:
         self.changed = True
-        size = int(row["window_size"])
         if size == self.minute:
             table = self.minute_windows
         elif size == self.hour:
             table = self.hour_windows
         else:
             return
-        tag, end = str(row["tag"]), int(row["window_end"])
         self.clock = max(self.clock, end)
         current = table.get(tag)
         if current is None or end > current.end:
             current = table[tag] = _TagWindow(end)
         elif end < current.end:
             return  # an older window than the one we show
-        current.by_platform[str(row["platform"])] = (
-            int(row["posts"]), int(row["potential_reach"]), int(row["impressions"]))
+        current.by_platform[platform] = (posts, reach, impressions)
 
     def add_spike(self, tag: str, platform: str, score: float, detected_at: float) -> None:
         self.changed = True

@@ -8,6 +8,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from tagpulse import metrics
+from tagpulse.core.windows import WINDOW_ROW_FIELDS
 from tagpulse.metrics import OTHER_TAG, TagGauges, TopTags, reason_label
 
 
@@ -111,8 +112,13 @@ def test_tag_gauges_snapshot_bounds_labels_and_expires():
     assert snap["spike_score"]["late"] == 0.0
 
 
+def _as_tuple(row: dict) -> tuple:
+    """A row as stage 2 emits it (fields the gauges do not read are zero)."""
+    return tuple(row.get(name, 0) for name in WINDOW_ROW_FIELDS[:-1])
+
+
 def test_tag_gauges_batch_feed_equals_row_by_row():
-    """add_windows keeps only the newest window per key: the gauges must not notice."""
+    """add_windows (stage 2's row tuples) keeps only the newest window per key: the gauges must not notice."""
     import random
 
     rnd = random.Random(5)
@@ -123,7 +129,7 @@ def test_tag_gauges_batch_feed_equals_row_by_row():
     for i in range(0, len(rows), 100):
         for row in rows[i:i + 100]:
             one.add_window(row)
-        batch.add_windows(rows[i:i + 100])
+        batch.add_windows([_as_tuple(row) for row in rows[i:i + 100]])
         assert batch.snapshot() == one.snapshot()
     assert one.snapshot()["posts_per_minute"]
 

@@ -100,11 +100,12 @@ def test_window_rows_as_arrays_round_trip_and_are_counted():
             "impressions": 40, "engagement": 5}
     # Tags that hold the row separator or its parts, quotes, brackets, backslashes; first and not first.
     tags = ("],[", "einbuchfuerkai", '"],["', "a],[b", "[[", "x],[", "1],[", '],[","', "\\],[", "ä],[")
-    rows = [dict(base, tag=tag) for tag in tags]
+    dicts = [dict(base, tag=tag) for tag in tags]
+    rows = [tuple(row[name] for name in WINDOW_ROW_FIELDS[:-1]) for row in dicts]  # as stage 2 builds them
     value = orjson.dumps(window_row_arrays(rows, 1432113371.5))
     assert orjson.dumps(window_row_arrays(rows[1:2], 1432113371.5)) == \
         b'[["einbuchfuerkai","mastodon",60,1432113300,1432113360,3,2,1,2,30,40,5,1432113371.5]]'
-    assert window_rows_of(value) == [dict(row, closed_at=1432113371.5) for row in rows]
+    assert window_rows_of(value) == [dict(row, closed_at=1432113371.5) for row in dicts]
     spec = ch.TABLES["reach_windows"]
     assert ch.count_rows(spec, value) == len(rows)
     for i in range(len(rows)):  # every tag alone, and every pair in both orders
@@ -112,8 +113,8 @@ def test_window_rows_as_arrays_round_trip_and_are_counted():
         for j in range(len(rows)):
             assert ch.count_rows(spec, orjson.dumps(window_row_arrays([rows[i], rows[j]], 0.0))) == 2
     # Messages of older workers: objects.
-    objects = orjson.dumps([dict(row, closed_at=1.5) for row in rows])
-    assert window_rows_of(objects) == [dict(row, closed_at=1.5) for row in rows]
+    objects = orjson.dumps([dict(row, closed_at=1.5) for row in dicts])
+    assert window_rows_of(objects) == [dict(row, closed_at=1.5) for row in dicts]
     assert ch.count_rows(spec, objects) == len(rows)
     # The sink's JSONExtract reads an array by position: its tuple lists the fields in the topic's order.
     names = [field.split()[0] for field in spec.json_type.removeprefix("Tuple(").removesuffix(")").split(", ")]

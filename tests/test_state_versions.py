@@ -48,7 +48,7 @@ def test_stage2_continues_a_version_2_changelog_with_its_one_closed_to_time_for_
                                     "a": [[T0 + 60, "a", "twitter", 1, 0, 3, 0, {"x": 3}]], "w": [], "x": []}))
     assert merge.closed == {60: T0 + 60, 3600: T0 + 60, 86400: T0 + 60} and merge.offset == 4
     out = merge.process([(5, orjson.dumps({"src": 0, "wm": T0 + 130, "idle": False, "rows": []}))])
-    assert [(r["window_size"], r["window_start"]) for r in out.rows] == [(60, T0 + 60)]
+    assert [(r["window_size"], r["window_start"]) for r in out.row_dicts()] == [(60, T0 + 60)]
 
 
 def test_stage1_changelog_holds_the_posts_of_a_batch_not_the_panes_they_touched():

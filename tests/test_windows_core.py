@@ -10,7 +10,7 @@ from streams.partition_tasks import pack_json_arrays, tag_partition
 from tagpulse.core.dedup import DedupIndex, key_hash
 from tagpulse.core.stage1 import DedupWindowState, RecordError, epoch_seconds
 from tagpulse.core.stage2 import MergeState
-from tagpulse.core.windows import Reach, oracle_windows, pane_width, row_key, window_starts
+from tagpulse.core.windows import Reach, oracle_windows, pane_width, row_key, window_row_dict, window_starts
 
 SPECS = ((60, 60), (3600, 300), (86400, 3600))
 T0 = 1432080000  # 2015-05-20T00:00:00Z
@@ -62,7 +62,7 @@ def test_reach_counts_authors_once_with_their_largest_follower_count():
     r.add_post("a", 10, False, 1)
     r.add_post("a", 30, True, 0)
     r.add_post("b", 5, False, 2)
-    row = r.row("t", "x", 60, 0)
+    row = window_row_dict(r.row("t", "x", 60, 0))
     assert row["posts"] == 3 and row["shares"] == 1 and row["originals"] == 2
     assert row["unique_authors"] == 2 and row["potential_reach"] == 35
     assert row["impressions"] == 45 and row["engagement"] == 3
@@ -181,7 +181,7 @@ def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None, snapshot_
             res = s2[q].process(records[i:i + 7])
             while True:
                 # Like the shell: one transaction (here: one delta) per close step.
-                rows.extend(res.rows)
+                rows.extend(res.row_dicts())
                 late.extend(res.late_rows())
                 changelog(2, q, s2[q], logs2[q])
                 steps += 1
@@ -248,7 +248,7 @@ def test_late_post_is_counted_and_not_folded_into_closed_windows():
     # The pane [T0, T0+60) was shipped when the watermark reached T0+190.
     assert [p[:4] for p in res.partials] == [[T0, "a", "twitter", 1]]
     out = to_merge(0, res)
-    assert [(r["window_size"], r["window_start"], r["posts"]) for r in out.rows] == [(60, T0, 1)]
+    assert [(r["window_size"], r["window_start"], r["posts"]) for r in out.row_dicts()] == [(60, T0, 1)]
     res = state.process([(1, orjson.dumps(late_post))])
     # Late for the 1-minute window that closed at this partition; a share of the 36 open ones.
     assert res.unique_posts == [late_post] and res.partials == []
@@ -256,9 +256,9 @@ def test_late_post_is_counted_and_not_folded_into_closed_windows():
     out = to_merge(1, res)
     assert out.rows == [] and out.late == {}
     out = to_merge(2, state.advance_idle(2_000_000_000))
-    hours = {r["window_start"]: r["posts"] for r in out.rows if r["window_size"] == 3600}
+    hours = {r["window_start"]: r["posts"] for r in out.row_dicts() if r["window_size"] == 3600}
     assert len(hours) == 12 and set(hours.values()) == {3}
-    days = [r for r in out.rows if r["window_size"] == 86400]
+    days = [r for r in out.row_dicts() if r["window_size"] == 86400]
     assert len(days) == 24 and {r["posts"] for r in days} == {3} and {r["unique_authors"] for r in days} == {3}
 
 
@@ -268,7 +268,7 @@ def test_late_share_alone_in_its_window_makes_a_row_in_window_order():
     pane = [T0 + 3600, "solo", "twitter", 1, 0, 7, 0, {"y": 7}]
     out = process_all(merge, [(0, orjson.dumps({"src": 0, "wm": T0 + 2 * 86400, "idle": False,
                                                 "rows": [pane], "windows": [share]}))])
-    hours = [(r["window_start"], r["posts"]) for r in out.rows if r["window_size"] == 3600]
+    hours = [(r["window_start"], r["posts"]) for r in out.row_dicts() if r["window_size"] == 3600]
     assert hours == sorted(hours) and (T0, 1) in hours and len(hours) == 13
 
 
@@ -299,11 +299,12 @@ def test_a_long_jump_of_the_frontier_closes_in_steps_with_the_rows_of_one_close(
         bounds.append(stepped.final_until)
         rows += out.rows
         log.append(stepped.delta())
-        assert all(r["window_end"] <= stepped.closed[r["window_size"]] for r in out.rows)
+        assert all(r["window_end"] <= stepped.closed[r["window_size"]] for r in out.row_dicts())
         if not stepped.pending():
             break
         out = stepped.close_step()
-    assert sorted(rows, key=row_key) == sorted(expected, key=row_key)
+    assert sorted(rows) == sorted(expected)
+    rows = [window_row_dict(r) for r in rows]
     for key in {(r["tag"], r["window_size"]) for r in rows}:  # window order per key (the spike detector)
         starts = [r["window_start"] for r in rows if (r["tag"], r["window_size"]) == key]
         assert starts == sorted(starts)
@@ -319,7 +320,7 @@ def test_a_long_jump_of_the_frontier_closes_in_steps_with_the_rows_of_one_close(
                               "rows": [[T0, "a", "twitter", 5, 0, 1, 0, {"z": 1}]]})
     res = restored.process([(2, straggler)])
     done = len(rows) - len(res.rows)
-    assert rows[done:] == res.rows and not restored.pending()
+    assert rows[done:] == res.row_dicts() and not restored.pending()
     assert sum(res.late.values()) == 5 * (1 + 12 + 24)  # late for every window of its pane, as without the crash
 
 
@@ -343,15 +344,15 @@ def test_a_boundary_emits_its_minute_rows_before_assembling_the_hour_windows():
     while merge.pending():
         steps.append(merge.close_step())
         deltas.append(merge.delta())
-    assert [{r["window_size"] for r in s.rows} for s in steps] == [{60}, {3600}, {86400}]
-    assert [r["window_end"] for r in steps[0].rows] == [end, end]
+    assert [{r["window_size"] for r in s.row_dicts()} for s in steps] == [{60}, {3600}, {86400}]
+    assert [r["window_end"] for r in steps[0].row_dicts()] == [end, end]
     assert len(steps[1].rows) == 2 and len(steps[2].rows) == 2 and merge.final_until == end + 30
 
     # A plain minute needs one step: the longer sizes move along without a step of their own.
     minute = orjson.dumps({"src": 0, "wm": end + 90, "idle": False,
                            "rows": [[end, "a", "twitter", 1, 0, 5, 0, {"v": 5}]]})
     out = merge.process([(2, minute)])
-    assert [r["window_size"] for r in out.rows] == [60] and not merge.pending()
+    assert [r["window_size"] for r in out.row_dicts()] == [60] and not merge.pending()
     assert merge.closed == {60: end + 90, 3600: end + 90, 86400: end + 90}
 
     # A restart after the minute step: the hour and day windows come next, and a record arriving
@@ -363,7 +364,7 @@ def test_a_boundary_emits_its_minute_rows_before_assembling_the_hour_windows():
     straggler = orjson.dumps({"src": 0, "wm": end + 30, "idle": False,
                               "rows": [[end - 60, "a", "twitter", 4, 0, 1, 0, {"z": 1}]]})
     res = restored.process([(2, straggler)])
-    assert sorted(res.rows, key=row_key) == sorted(steps[1].rows + steps[2].rows, key=row_key)
+    assert sorted(res.rows) == sorted(steps[1].rows + steps[2].rows)
     # Late for the windows ending at the boundary; those ending later are open and hold it.
     assert res.late == {("a", "twitter", size, end - size): 4 for size in (60, 3600, 86400)}
 
@@ -394,7 +395,7 @@ def test_merge_waits_for_every_upstream_partition_and_ignores_idle_empty_ones():
     partial2 = [T0, "a", "twitter", 1, 1, 7, 0, {"x": 9, "y": 1}]
     res = m.process([(2, orjson.dumps({"src": 2, "wm": T0 + 60, "idle": False, "rows": [partial2]}))])
     assert len(res.rows) == 1
-    row = res.rows[0]
+    row = res.row_dicts()[0]
     assert row["posts"] == 3 and row["unique_authors"] == 2 and row["potential_reach"] == 10
     # A straggler share for a final window is late, never a second row.
     res = m.process([(3, orjson.dumps({"src": 1, "wm": T0 + 70, "idle": False, "rows": [partial]}))])
@@ -451,6 +452,33 @@ def test_merge_with_spikes_restores_detector_state_from_its_delta():
             again.apply_delta(d)
         assert again.detector.to_dict() == live.detector.to_dict()
         assert again.panes == live.panes and again.closed == live.closed and again.offset == live.offset
+
+
+def test_merge_with_spikes_scores_its_rows_as_the_detector_scores_them_as_dicts():
+    """The merge feeds the detector the fields of its row tuples (observe_final); a detector fed the
+    same rows as dicts (observe, as any other reader would) must find the same spikes and state."""
+    from tagpulse.core.merge_spikes import MergeWithSpikes
+    from tagpulse.core.spikes import SpikeDetector
+
+    specs = ((60, 60), (3600, 300))
+    merge = MergeWithSpikes(0, upstream_partitions=1, specs=specs)
+    rows, spikes = [], []
+    for i in range(12 * 40):  # a pane every 5 minutes for 40 h; "viral" bursts in the last two hours
+        start = T0 + i * 300
+        partials = [[start, "calm", "twitter", 3, 1, 30, 2, {f"c{i % 4}": 10}]]
+        if i % 7:
+            partials.append([start, "sparse", "mastodon", 1, 0, 5, 0, {"s": 5}])
+        burst = i >= 12 * 38
+        n = 400 if burst else 2 + i % 3
+        partials.append([start, "viral", "twitter", n, 0, 10 * n, 0,
+                         {f"v{k}": 10 + k for k in range(n if burst else 2)}])
+        res = process_all(merge, [(i, orjson.dumps({"src": 0, "wm": start + 300, "idle": False, "rows": partials}))])
+        rows += res.row_dicts()
+        spikes += res.spikes
+    assert spikes and {s.tag for s in spikes} == {"viral"}
+    detector = SpikeDetector()
+    assert detector.observe_many(rows) == spikes
+    assert detector.to_dict() == merge.detector.to_dict()
 
 
 def test_completeness_counts_received_duplicates_late_and_invalid_per_source():

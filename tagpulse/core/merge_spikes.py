@@ -14,6 +14,7 @@ import orjson
 
 from tagpulse.core.spikes import SpikeConfig, SpikeDetector
 from tagpulse.core.stage2 import MergeState, Stage2Result
+from tagpulse.core.windows import ROW_AUTHORS, ROW_PLATFORM, ROW_POSTS, ROW_SIZE, ROW_START, ROW_TAG
 
 _LEN = struct.Struct(">I")
 
@@ -28,20 +29,22 @@ class MergeWithSpikes(MergeState):
     def _finalise(self, result: Stage2Result) -> None:
         first = len(result.rows)
         super()._finalise(result)
-        detector = self.detector
         # Most rows are of sizes the detector does not score (the 24 overlapping day windows
         # of every tag): skip them before any per-row work.
         sizes = self._sizes
         rows = result.rows[first:]
-        if not sizes.intersection(map(itemgetter("window_size"), rows)):
+        if not sizes.intersection(map(itemgetter(ROW_SIZE), rows)):
             return  # a close step's rows are of one size: a step of day windows is skipped whole
+        observe, touched, spikes = self.detector.observe_final, self._touched, result.spikes
         for row in rows:
-            if row["window_size"] not in sizes:
+            size = row[ROW_SIZE]
+            if size not in sizes:
                 continue
-            spike = detector.observe(row)
-            self._touched.add((row["tag"], row["platform"], row["window_size"]))
+            tag, platform = row[ROW_TAG], row[ROW_PLATFORM]
+            spike = observe(tag, platform, size, row[ROW_START], row[ROW_POSTS], row[ROW_AUTHORS])
+            touched.add((tag, platform, size))
             if spike is not None:
-                result.spikes.append(spike)
+                spikes.append(spike)
 
     def delta(self) -> bytes:
         merge = super().delta()

@@ -265,6 +265,10 @@ class SpikeDetector:
     started: int | None = None            # first window_start this detector ever saw
     keys: dict[Key, Baseline] = field(default_factory=dict)
     _alphas: dict[int, float] = field(default_factory=dict, repr=False, compare=False)  # hop -> EWMA weight
+    _hops: dict[int, int] = field(default_factory=dict, repr=False, compare=False)  # size -> hop
+
+    def __post_init__(self) -> None:
+        self._hops = {size: hop for size, hop in reversed(self.config.windows)}  # the first wins, as in hop_of
 
     # ---- public API
 
@@ -273,7 +277,17 @@ class SpikeDetector:
         if parsed is None:
             return None
         key, start, posts, authors, hop = parsed
-        cfg = self.config
+        return self._observe(key, hop, start, posts, authors)
+
+    def observe_final(self, tag: str, platform: str, size: int, start: int, posts: int,
+                      authors: int) -> Spike | None:
+        """observe() for a row's fields as the merge stage built them (typed and valid: no parsing)."""
+        hop = self._hops.get(size)
+        if hop is None:
+            return None
+        return self._observe((tag, platform, size), hop, start, posts, authors)
+
+    def _observe(self, key: Key, hop: int, start: int, posts: int, authors: int) -> Spike | None:
         if self.started is None:
             self.started = start
         state = self.keys.get(key)

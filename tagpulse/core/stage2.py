@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from tagpulse.core.windows import IncompatibleState, PaneWindows, Reach, WindowSpec, ends_in, window_starts
+from tagpulse.core.windows import (IncompatibleState, PaneWindows, Reach, WindowSpec, ends_in, window_row_dict,
+                                   window_starts)
 
 # Version 3: closed-to time per window size ("f" a map). Version 2 (one closed-to time for every
 # size) is read as that time for each size; version 1 (unversioned, window partials) is not.
@@ -40,9 +41,13 @@ CLOSE_STEP = 2 * 3600
 
 @dataclass
 class Stage2Result:
-    rows: list[dict] = field(default_factory=list)  # final windows (Reach.row), without closed_at
+    rows: list[tuple] = field(default_factory=list)  # final windows (Reach.row tuples), without closed_at
     late: dict[tuple, int] = field(default_factory=dict)  # (tag, platform, size, start) -> events
     spikes: list = field(default_factory=list)  # filled by MergeWithSpikes
+
+    def row_dicts(self) -> list[dict]:
+        """The final rows as dicts of WINDOW_ROW_FIELDS (without closed_at)."""
+        return [window_row_dict(row) for row in self.rows]
 
     def late_rows(self) -> list[dict]:
         return [

@@ -100,21 +100,11 @@ class Reach:
         posts, shares, impressions, engagement, authors = data
         return cls(posts, shares, impressions, engagement, dict(authors))
 
-    def row(self, tag: str, platform: str, size: int, start: int) -> dict:
-        return {
-            "tag": tag,
-            "platform": platform,
-            "window_size": size,
-            "window_start": start,
-            "window_end": start + size,
-            "posts": self.posts,
-            "originals": self.posts - self.shares,
-            "shares": self.shares,
-            "unique_authors": len(self.authors),
-            "potential_reach": sum(self.authors.values()),
-            "impressions": self.impressions,
-            "engagement": self.engagement,
-        }
+    def row(self, tag: str, platform: str, size: int, start: int) -> tuple:
+        """The final row of one window: a tuple in WINDOW_ROW_FIELDS order, without closed_at."""
+        posts, authors = self.posts, self.authors
+        return (tag, platform, size, start, start + size, posts, posts - self.shares, self.shares, len(authors),
+                sum(authors.values()), self.impressions, self.engagement)
 
 
 def post_engagement(post: dict) -> int:
@@ -139,28 +129,37 @@ def oracle_windows(posts: Iterable[tuple[int, dict]], specs: Iterable[WindowSpec
                     if reach is None:
                         reach = acc[key] = Reach()
                     reach.add_post(post["author_id"], post["author_followers"], post["is_share"], post_engagement(post))
-    rows = [r.row(tag, platform, size, start) for (tag, platform, size, start), r in acc.items()]
+    rows = [window_row_dict(r.row(tag, platform, size, start)) for (tag, platform, size, start), r in acc.items()]
     rows.sort(key=row_key)
     return rows
 
 
-# On the windows topic a final row is a JSON array of these fields in this order (closed_at: epoch
-# float, when the worker committed it): ≈ 95 bytes where the same row as an object took ≈ 255, so
-# the broker carries and the sink parses about a third (the day windows of every tag are most rows).
-# Readers take both shapes (window_rows_of): messages written before this format hold objects.
+# A final window row is a tuple of these fields in this order; on the windows topic, a JSON array
+# with closed_at (epoch float, when the worker committed it) appended: ≈ 95 bytes where the same
+# row as an object took ≈ 255, so the broker carries and the sink parses about a third (the day
+# windows of every tag are most rows). Stage 2 builds the tuples directly: a dict per row, then an
+# array, cost more than the assembly of the window itself. Readers take both shapes on the topic
+# (window_rows_of): messages written up to commit 3bda3c2 hold objects.
 WINDOW_ROW_FIELDS = ("tag", "platform", "window_size", "window_start", "window_end", "posts", "originals",
                      "shares", "unique_authors", "potential_reach", "impressions", "engagement", "closed_at")
-_ROW_VALUES = itemgetter(*WINDOW_ROW_FIELDS[:-1])
+# Positions in a row tuple, for code that reads a few fields of many rows.
+(ROW_TAG, ROW_PLATFORM, ROW_SIZE, ROW_START, ROW_END, ROW_POSTS, ROW_ORIGINALS, ROW_SHARES, ROW_AUTHORS,
+ ROW_REACH, ROW_IMPRESSIONS, ROW_ENGAGEMENT, ROW_CLOSED_AT) = range(len(WINDOW_ROW_FIELDS))
 
 
-def window_row_arrays(rows: list[dict], closed_at: float) -> list[tuple]:
-    """Final rows (Reach.row dicts) as the windows topic carries them (orjson writes tuples as arrays)."""
-    return [(*_ROW_VALUES(row), closed_at) for row in rows]
+def window_row_arrays(rows: list[tuple], closed_at: float) -> list[tuple]:
+    """Final rows (Reach.row tuples) as the windows topic carries them (orjson writes tuples as arrays)."""
+    return [(*row, closed_at) for row in rows]
+
+
+def window_row_dict(row: tuple) -> dict:
+    """One row tuple as a dict of WINDOW_ROW_FIELDS (closed_at only if the tuple has it)."""
+    return dict(zip(WINDOW_ROW_FIELDS, row))
 
 
 def window_rows_of(value: bytes) -> list[dict]:
     """The rows of one windows-topic message as dicts, whichever shape it holds."""
-    return [row if type(row) is dict else dict(zip(WINDOW_ROW_FIELDS, row)) for row in orjson.loads(value)]
+    return [row if type(row) is dict else window_row_dict(row) for row in orjson.loads(value)]
 
 
 def row_key(row: dict) -> tuple:
@@ -190,8 +189,7 @@ def windows_of_panes(pane_starts: Iterable[int], size: int, hop: int,
 Key = tuple[str, str]  # (tag, platform)
 
 
-def _window_order(row: dict) -> tuple[int, int]:
-    return row["window_size"], row["window_start"]
+_window_order = itemgetter(ROW_SIZE, ROW_START)
 
 
 class PaneWindows:
@@ -238,7 +236,7 @@ class PaneWindows:
         return min(((closed_to - size) // hop + 1) * hop for size, hop in self.specs)
 
     def close(self, old: int | None, new: int, extras: dict[tuple, Reach] | None = None,
-              size: int | None = None) -> list[dict]:
+              size: int | None = None) -> list[tuple]:
         """Rows of the windows ending in (old, new] that hold at least one post (of one size if given).
 
         `extras` maps (size, start, tag, platform) to a share of one window only
@@ -246,7 +244,7 @@ class PaneWindows:
         merged in and removed. Rows of one (tag, platform, size) come out in
         window order (the spike detector needs that).
         """
-        rows: list[dict] = []
+        rows: list[tuple] = []
         extras = extras if extras else None
         if self.panes:
             pane_starts = None
@@ -292,7 +290,7 @@ class PaneWindows:
         for blocks in self._blocks.values():
             blocks.clear()
 
-    def _close_spec(self, size: int, hop: int, starts: list[int], rows: list[dict],
+    def _close_spec(self, size: int, hop: int, starts: list[int], rows: list[tuple],
                     extras: dict[tuple, Reach] | None = None) -> None:
         """Rows of the windows of one spec starting at `starts` (ascending).
 
@@ -314,7 +312,7 @@ class PaneWindows:
         for (tag, platform), (block_starts, reaches) in per_key.items():
             lo = hi = 0  # block index range of the previous window
             merged: Reach | None = None
-            body: dict | None = None
+            body: tuple | None = None  # the row of the previous window, if it had the same posts
             # suffixes[k - suffix_base]: blocks k..j-1 merged, for windows that only lose blocks at their start
             suffixes: list[Reach] | None = None
             n = len(block_starts)
@@ -366,10 +364,7 @@ class PaneWindows:
                     body = merged.row(tag, platform, size, start)
                     append(body)
                 else:
-                    row = body.copy()
-                    row["window_start"] = start
-                    row["window_end"] = start + size
-                    append(row)
+                    append((tag, platform, size, start, start + size, *body[ROW_POSTS:]))
                 if i >= n:
                     break
 
