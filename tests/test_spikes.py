@@ -264,3 +264,64 @@ def test_simulated_campaign_fires_within_its_first_hour_and_flat_tags_stay_silen
     # Tags riding in the campaign's tweets (#buchtipp, #Kinderbuch) may spike with it; nothing else does.
     assert {(s.tag, s.platform) for s in spikes} <= campaign
     assert not [s for s in spikes if s.platform == "instagram"]
+
+
+def test_a_window_below_the_floors_re_arms_a_key_only_once_its_count_is_back_to_normal():
+    """After a spike a key is disarmed until a window falls below the count test; windows below the
+    floors are scored for that alone (most rows are below the floors, and skip every other score)."""
+    detector = SpikeDetector(SpikeConfig(windows=((HOUR, HOUR),), warmup_s=10 * HOUR, cooldown_s=2 * HOUR,
+                                         min_posts=40))
+
+    def observe(i: int, posts: int, authors: int):
+        return detector.observe({"tag": "kai", "platform": "twitter", "window_size": HOUR,
+                                 "window_start": T0 + i * HOUR, "posts": posts, "unique_authors": authors})
+
+    assert [observe(i, 5, 5) for i in range(48)] == [None] * 48
+    assert observe(48, 300, 200) is not None
+    state = detector.keys[("kai", "twitter", HOUR)]
+    # Still far above the baseline, though below the posts floor: the key stays disarmed …
+    assert observe(49, 30, 5) is None and observe(50, 30, 5) is None and not state.armed
+    assert observe(51, 300, 200) is None  # … so a burst after the cooldown does not fire yet.
+    assert observe(52, 2, 2) is None and state.armed  # back to normal: armed again
+    assert observe(53, 300, 200) is not None
+
+
+def _reference_learn(cfg: SpikeConfig, state, size: int, hop: int, posts: int, authors: int) -> None:
+    """The EWMA step as first written (plain max/min): the detector's tuned one must match it bit for bit."""
+    a, clip, b = cfg.alpha(hop), cfg.clip_sigma, cfg.trend
+    forecast = max(state.mean + state.trend, 0.0)
+    sigma = math.sqrt(max(state.var, forecast, cfg.min_expected))
+    diff = min(float(posts), forecast + clip * sigma) - forecast
+    state.var = (1.0 - a) * (state.var + a * diff * diff)
+    state.mean = forecast + a * diff
+    state.trend = (state.trend + a * b * diff) if state.mean > 0 else 0.0
+    forecast_a = max(state.authors + state.authors_trend, 0.0)
+    sigma_a = math.sqrt(max(state.authors_var, forecast_a, cfg.min_expected))
+    diff_a = min(float(authors), forecast_a + clip * sigma_a) - forecast_a
+    state.authors_var = (1.0 - a) * (state.authors_var + a * diff_a * diff_a)
+    state.authors = forecast_a + a * diff_a
+    state.authors_trend = (state.authors_trend + a * b * diff_a) if state.authors > 0 else 0.0
+    if size > hop:
+        step_sd = math.sqrt(max(state.step_var, 2.0 * max(state.mean, cfg.min_expected) * hop / size))
+        step = max(min(float(posts - state.prev_posts), clip * step_sd), -clip * step_sd)
+        state.step_var = (1.0 - a) * state.step_var + a * step * step
+    state.prev_posts = posts
+    state.prev_authors = authors
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_ewma_step_equals_its_plain_form_on_bursts_drops_and_gaps(seed):
+    import random
+
+    rnd = random.Random(seed)
+    tuned, plain = SpikeDetector(), SpikeDetector()
+    plain._learn = lambda state, size, hop, posts, authors: _reference_learn(plain.config, state, size, hop,
+                                                                           posts, authors)
+    rows, start = [], T0
+    for _ in range(3000):
+        start += 300 * rnd.choice([1, 1, 1, 2, 7, 40])  # gaps are filled with zero windows
+        posts = rnd.choice([0, 1, 3, 20, 50, 400, 5000])  # clipped bursts and drops, both directions
+        rows.append({"tag": f"t{rnd.randrange(4)}", "platform": "twitter", "window_size": HOUR,
+                     "window_start": start, "posts": posts, "unique_authors": rnd.randint(0, posts)})
+    assert tuned.observe_many(rows) == plain.observe_many(rows)
+    assert tuned.to_dict() == plain.to_dict()

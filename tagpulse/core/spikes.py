@@ -302,13 +302,12 @@ class SpikeDetector:
 
         cfg = self.config
         if posts < cfg.min_posts or authors < cfg.min_authors:
-            # Below the floors nothing fires; only `level` matters (it re-arms a key after a spike).
-            # Most rows of a busy stream end here: no score object, no other scores.
-            level = self._level(state, posts, 1.0)
+            # Below the floors nothing fires, and most rows of a busy stream end here. Only
+            # `level` could matter, to re-arm a key disarmed by a spike; every other key is armed.
+            if not state.armed and not self._level(state, posts, 1.0):
+                state.armed = True
             self._learn(state, key[2], hop, posts, authors)
             state.last = start
-            if not level:
-                state.armed = True
             return None
 
         s = self._score(state, key[2], hop, posts, authors, 1.0)
@@ -512,34 +511,57 @@ class SpikeDetector:
                 and poisson_eta(posts, expected, cfg.confidence) >= cfg.eta_min)
 
     def _learn(self, state: Baseline, size: int, hop: int, posts: int, authors: int) -> None:
-        """One EWMA step (Finch's incremental mean and variance) from values clipped at μ + clip·σ."""
+        """One EWMA step (Finch's incremental mean and variance) from values clipped at μ + clip·σ.
+
+        It runs for every window the detector scores and every empty window it fills in, so it is
+        written with locals and conditional expressions instead of attribute reads and max()/min()
+        calls (which took most of its time); each one picks what max()/min() would pick.
+        """
         cfg = self.config
         a = self._alphas.get(hop)
         if a is None:
             a = self._alphas[hop] = cfg.alpha(hop)
-        clip = cfg.clip_sigma
+        keep = 1.0 - a
+        clip, floor, b = cfg.clip_sigma, cfg.min_expected, cfg.trend
 
-        b = cfg.trend
         # Holt's linear method in error-correction form: the forecast is
         # level + trend; both learn from the (clipped) forecast error.
-        forecast = max(state.mean + state.trend, 0.0)
-        sigma = math.sqrt(max(state.var, forecast, cfg.min_expected))
-        diff = min(float(posts), forecast + clip * sigma) - forecast
-        state.var = (1.0 - a) * (state.var + a * diff * diff)
-        state.mean = forecast + a * diff
-        state.trend = (state.trend + a * b * diff) if state.mean > 0 else 0.0
+        forecast = state.mean + state.trend
+        if forecast < 0.0:
+            forecast = 0.0
+        var = state.var
+        spread = forecast if forecast > var else var
+        sigma = math.sqrt(floor if floor > spread else spread)
+        cap = forecast + clip * sigma
+        x = float(posts)
+        diff = (cap if cap < x else x) - forecast
+        state.var = keep * (var + a * diff * diff)
+        mean = state.mean = forecast + a * diff
+        state.trend = (state.trend + a * b * diff) if mean > 0 else 0.0
 
-        forecast_a = max(state.authors + state.authors_trend, 0.0)
-        sigma_a = math.sqrt(max(state.authors_var, forecast_a, cfg.min_expected))
-        diff_a = min(float(authors), forecast_a + clip * sigma_a) - forecast_a
-        state.authors_var = (1.0 - a) * (state.authors_var + a * diff_a * diff_a)
-        state.authors = forecast_a + a * diff_a
-        state.authors_trend = (state.authors_trend + a * b * diff_a) if state.authors > 0 else 0.0
+        forecast = state.authors + state.authors_trend
+        if forecast < 0.0:
+            forecast = 0.0
+        var = state.authors_var
+        spread = forecast if forecast > var else var
+        sigma = math.sqrt(floor if floor > spread else spread)
+        cap = forecast + clip * sigma
+        x = float(authors)
+        diff = (cap if cap < x else x) - forecast
+        state.authors_var = keep * (var + a * diff * diff)
+        level = state.authors = forecast + a * diff
+        state.authors_trend = (state.authors_trend + a * b * diff) if level > 0 else 0.0
 
         if size > hop:
-            step_sd = math.sqrt(max(state.step_var, 2.0 * max(state.mean, cfg.min_expected) * hop / size))
-            step = max(min(float(posts - state.prev_posts), clip * step_sd), -clip * step_sd)
-            state.step_var = (1.0 - a) * state.step_var + a * step * step
+            step_var = state.step_var
+            poisson = 2.0 * (floor if floor > mean else mean) * hop / size
+            bound = clip * math.sqrt(poisson if poisson > step_var else step_var)
+            step = float(posts - state.prev_posts)
+            if step > bound:
+                step = bound
+            elif step < -bound:
+                step = -bound
+            state.step_var = keep * step_var + a * step * step
         state.prev_posts = posts
         state.prev_authors = authors
 
