@@ -12,7 +12,7 @@ windows it belongs to; windows are assembled from panes once, when they close.
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from math import gcd
 from operator import itemgetter
@@ -310,13 +310,23 @@ class PaneWindows:
                     entry[1].append(reach)
         append = rows.append
         for (tag, platform), (block_starts, reaches) in per_key.items():
+            # Only windows starting in (first block - size, last block] hold one of the key's blocks.
+            first = bisect_right(starts, block_starts[0] - size)
+            last = bisect_right(starts, block_starts[-1], first)
+            if len(block_starts) == 1 and extras is None:
+                # One block (most keys of a busy close: a tag seen within one hop): every window
+                # holding it has the same posts, so one row body serves them all.
+                tail = reaches[0].row(tag, platform, size, 0)[ROW_POSTS:]
+                for start in starts[first:last]:
+                    append((tag, platform, size, start, start + size, *tail))
+                continue
             lo = hi = 0  # block index range of the previous window
             merged: Reach | None = None
             body: tuple | None = None  # the row of the previous window, if it had the same posts
             # suffixes[k - suffix_base]: blocks k..j-1 merged, for windows that only lose blocks at their start
             suffixes: list[Reach] | None = None
             n = len(block_starts)
-            for start in starts:
+            for start in starts[first:last]:
                 i = bisect_left(block_starts, start, lo)
                 j = bisect_left(block_starts, start + size, max(i, hi))
                 if i == j:
