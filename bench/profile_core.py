@@ -4,8 +4,11 @@
 
 Feeds one partition's worth of posts (messages of 500 posts, batches of 200 messages,
 like the worker) through DedupWindowState with the real decoder (validation on),
-takes a changelog delta after every batch like the shell does, and merges the
-pane partials into windows in MergeState.
+takes a changelog delta after every batch like the shell does, merges the pane
+partials into windows with the spike detector (MergeWithSpikes, up to the end of the
+replay's close, step by step), and makes each step's outputs as the shell does: the
+window rows for the topic and the per-tag gauges (stage2_s: merge and delta;
+outputs_s: the outputs).
 """
 from __future__ import annotations
 
@@ -18,9 +21,12 @@ import time
 import orjson
 
 from bench.generate import synthetic_arrivals
+from streams.partition_tasks import pack_json_arrays
 from tagpulse import config
+from tagpulse.core.merge_spikes import MergeWithSpikes
 from tagpulse.core.stage1 import DedupWindowState
-from tagpulse.core.stage2 import MergeState
+from tagpulse.core.windows import window_row_arrays
+from tagpulse.metrics import TagGauges
 
 
 def decoder():
@@ -34,34 +40,43 @@ def decoder():
 
 def run(messages: list[bytes], take: int, specs) -> dict:
     state = DedupWindowState(0, specs, 10, 7 * 86400, decode=decoder())
-    merge = MergeState(0, 1, specs)
+    merge = MergeWithSpikes(0, 1, specs)
+    gauges = TagGauges()
     delta_bytes = partials = rows = 0
     t_start = time.perf_counter()
-    t_stage1 = t_delta = t_stage2 = 0.0
+    times = dict.fromkeys(("stage1_s", "delta_s", "stage2_s", "outputs_s"), 0.0)
+
+    def stage2(step) -> None:
+        """One stage-2 transaction's work: the merge step and its delta, then its outputs as the shell
+        makes them (window rows for the topic, per-tag gauges; the registry export is left out)."""
+        nonlocal rows
+        a = time.perf_counter()
+        out = step()
+        merge.delta()
+        b = time.perf_counter()
+        pack_json_arrays(window_row_arrays(out.rows, 0.0))
+        gauges.add_windows(out.rows)
+        times["stage2_s"] += b - a
+        times["outputs_s"] += time.perf_counter() - b
+        rows += len(out.rows)
+
     for i in range(0, len(messages), take):
         a = time.perf_counter()
         res = state.process([(i + j, m) for j, m in enumerate(messages[i:i + take])])
         b = time.perf_counter()
         delta_bytes += len(state.delta())
-        c = time.perf_counter()
+        times["stage1_s"] += b - a
+        times["delta_s"] += time.perf_counter() - b
         partials += len(res.partials)
         msg = orjson.dumps({"src": 0, "wm": state.watermark, "idle": False, "rows": res.partials})
-        out = merge.process([(i, msg)])
-        merge.delta()
-        rows += len(out.rows)
-        d = time.perf_counter()
-        t_stage1 += b - a
-        t_delta += c - b
-        t_stage2 += d - c
+        stage2(lambda: merge.process([(i, msg)]))
     res = state.advance_idle(4_000_000_000)
     msg = orjson.dumps({"src": 0, "wm": state.watermark, "idle": True, "rows": res.partials})
-    rows += len(merge.process([(len(messages), msg)]).rows)
+    stage2(lambda: merge.process([(len(messages), msg)]))
     while merge.pending():  # the close of the replay's end, in steps as the worker commits it
-        rows += len(merge.close_step().rows)
-        merge.delta()
-    return {"seconds": time.perf_counter() - t_start, "stage1_s": t_stage1, "delta_s": t_delta,
-            "stage2_s": t_stage2, "delta_bytes": delta_bytes, "partials": partials, "rows": rows,
-            "dedup_keys": len(state.dedup)}
+        stage2(merge.close_step)
+    return {"seconds": time.perf_counter() - t_start, **times, "delta_bytes": delta_bytes, "partials": partials,
+            "rows": rows, "dedup_keys": len(state.dedup), "spike_keys": len(merge.detector.keys)}
 
 
 def main() -> None:

@@ -56,3 +56,16 @@ def expected_window_rows() -> int:
     unique = {(p["platform"], p["post_id"]): p for p in arrivals}
     specs = ((60, 60), (3600, 300), (86400, 3600))
     return len(oracle_windows(((epoch_seconds(p["created_at"]), p) for p in unique.values()), specs))
+
+
+@pytest.mark.timeout(120)
+def test_profile_core_runs_the_whole_pure_path_and_its_rows_add_up():
+    """`python -m bench.profile_core` (both stages, the detector and the outputs, no Kafka) at smoke size."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-m", "bench.profile_core", "--posts", "20000"],
+                          cwd=REPO, env=env, capture_output=True, timeout=110)
+    assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
+    result = json.loads(done.stdout)
+    assert result["rows"] == expected_window_rows()
+    assert result["spike_keys"] > 0 and result["stage2_s"] > 0 and result["outputs_s"] > 0
