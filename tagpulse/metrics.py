@@ -23,7 +23,7 @@ from typing import Iterable, Mapping
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from tagpulse.core.windows import (ROW_END, ROW_IMPRESSIONS, ROW_PLATFORM, ROW_POSTS, ROW_REACH, ROW_SIZE,
-                                   ROW_TAG)
+                                   ROW_TAG, WindowRow)
 
 
 def _metric(kind, name: str, documentation: str, labelnames: Iterable[str] = (), **kwargs):
@@ -234,7 +234,7 @@ class TagGauges:
         self._exported: set[str] = set()
         self.changed = False  # fed since the last export()
 
-    def add_windows(self, rows: list[tuple]) -> None:
+    def add_windows(self, rows: Iterable[WindowRow]) -> None:
         """Final window rows as stage 2 emits them (tuples, tagpulse.core.windows.WINDOW_ROW_FIELDS),
         the newest window per (tag, platform, size) only.
 
@@ -242,6 +242,7 @@ class TagGauges:
         hour and minute window can change a gauge, so the others are skipped without a call each.
         """
         sizes = (self.minute, self.hour)
+        rows = rows if isinstance(rows, list) else list(rows)
         # A close step's rows are of one window size, most often the day windows no gauge shows:
         # a look at the sizes in C skips such a batch without a Python step per row.
         if not any(size in sizes for size in set(map(itemgetter(ROW_SIZE), rows))):

@@ -309,19 +309,40 @@ def _reference_learn(cfg: SpikeConfig, state, size: int, hop: int, posts: int, a
     state.prev_authors = authors
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_ewma_step_equals_its_plain_form_on_bursts_drops_and_gaps(seed):
+@pytest.mark.parametrize("seed, hop", [(1, 300), (2, 300), (3, HOUR)])
+def test_the_ewma_step_equals_its_plain_form_on_bursts_drops_and_gaps(seed, hop):
+    """Sliding (1 h every 5 min, with the step variance) and tumbling 1 h windows."""
     import random
 
+    import orjson
+
     rnd = random.Random(seed)
-    tuned, plain = SpikeDetector(), SpikeDetector()
+    config = SpikeConfig(windows=((HOUR, hop),))
+    tuned, plain = SpikeDetector(config), SpikeDetector(config)
     plain._learn = lambda state, size, hop, posts, authors: _reference_learn(plain.config, state, size, hop,
                                                                            posts, authors)
     rows, start = [], T0
     for _ in range(3000):
-        start += 300 * rnd.choice([1, 1, 1, 2, 7, 40])  # gaps are filled with zero windows
+        start += hop * rnd.choice([1, 1, 1, 2, 7, 40])  # gaps are filled with zero windows
         posts = rnd.choice([0, 1, 3, 20, 50, 400, 5000])  # clipped bursts and drops, both directions
         rows.append({"tag": f"t{rnd.randrange(4)}", "platform": "twitter", "window_size": HOUR,
                      "window_start": start, "posts": posts, "unique_authors": rnd.randint(0, posts)})
     assert tuned.observe_many(rows) == plain.observe_many(rows)
-    assert tuned.to_dict() == plain.to_dict()
+    # As JSON: bit for bit, -0.0 included (== takes it for 0.0).
+    assert orjson.dumps(tuned.to_dict()) == orjson.dumps(plain.to_dict())
+
+
+def test_a_size_listed_twice_is_scored_with_its_first_hop_by_either_entry():
+    config = SpikeConfig(windows=((HOUR, 300), (HOUR, 600)), warmup_s=HOUR)
+    rows = [{"tag": "kai", "platform": "twitter", "window_size": HOUR, "window_start": T0 + 300 * i,
+             "posts": 500 if i == 40 else 5, "unique_authors": 400 if i == 40 else 5} for i in range(60)]
+    by_row, by_fields = SpikeDetector(config), SpikeDetector(config)
+    spikes = by_row.observe_many(rows)
+    assert spikes == [s for row in rows if (s := by_fields.observe_final(
+        row["tag"], row["platform"], HOUR, row["window_start"], row["posts"], row["unique_authors"]))]
+    assert spikes and by_row.to_dict() == by_fields.to_dict()
+
+
+def test_a_negative_clip_is_refused():
+    with pytest.raises(ValueError, match="clip_sigma"):
+        SpikeConfig(clip_sigma=-1.0)

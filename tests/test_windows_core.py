@@ -454,6 +454,78 @@ def test_merge_with_spikes_restores_detector_state_from_its_delta():
         assert again.panes == live.panes and again.closed == live.closed and again.offset == live.offset
 
 
+def _brute_force_close(panes: dict, extras: dict, specs, old, new, size=None) -> list[tuple]:
+    """Every window ending in (old, new] merged straight from its panes (plus its share), per key."""
+    rows = []
+    keys = {key for pane in panes.values() for key in pane} | {(k[2], k[3]) for k in extras}
+    for spec_size, hop in specs:
+        if size is not None and spec_size != size:
+            continue
+        ends = range((old // hop + 1) * hop, new + 1, hop)
+        for tag, platform in sorted(keys):
+            for end in ends:
+                start = end - spec_size
+                acc, found = Reach(), False
+                for ps, pane in panes.items():
+                    if start <= ps < end and (tag, platform) in pane:
+                        acc.merge(pane[(tag, platform)])
+                        found = True
+                extra = extras.get((spec_size, start, tag, platform))
+                if extra is not None:
+                    acc.merge(extra)
+                    found = True
+                if found:
+                    rows.append(acc.row(tag, platform, spec_size, start))
+    return rows
+
+
+@pytest.mark.parametrize("case", ["one_block_long_jump", "blocks_far_apart", "late_shares_of_another_size",
+                                  "random"])
+def test_close_equals_windows_merged_straight_from_their_panes(case):
+    """PaneWindows.close against a brute-force merge: the same rows, and each key's in window order.
+    The cases reach the per-key shortcuts: a key with one block (its windows share one row body), keys
+    whose blocks are more than a window apart (the windows between hold nothing), and late window
+    shares pending (no shortcut)."""
+    from tagpulse.core.windows import PaneWindows
+
+    rnd = random.Random(case)
+    specs = ((60, 60), (3600, 300), (86400, 3600))
+    windows = PaneWindows(specs)
+    panes, extras = {}, {}
+
+    def add(ps, tag, followers):
+        reach = Reach()
+        reach.add_post(f"u{rnd.randrange(5)}", followers, rnd.random() < 0.3, rnd.randrange(4))
+        panes.setdefault(ps, {}).setdefault((tag, "twitter"), Reach()).merge(reach)
+        windows.add(ps, (tag, "twitter"), reach.copy())
+
+    if case == "one_block_long_jump":
+        add(T0 + 600, "solo", 7)
+        old, new = T0 + 660, T0 + 30 * 86400  # a replay's end: windows walked from the panes
+    elif case == "blocks_far_apart":
+        for ps in (T0, T0 + 2 * 86400, T0 + 5 * 86400 + 3600):
+            add(ps, "far", 3)
+            add(ps + 60, "near", 4)
+        old, new = T0 - 60, T0 + 7 * 86400
+    elif case == "late_shares_of_another_size":
+        add(T0 + 120, "a", 5)
+        add(T0 + 7200, "b", 6)
+        extras = {(3600, T0, "a", "twitter"): Reach(1, 0, 9, 0, {"late": 9}),
+                  (86400, T0 - 3600, "c", "twitter"): Reach(2, 1, 4, 1, {"x": 4})}
+        old, new = T0 + 180, T0 + 2 * 86400
+    else:
+        for _ in range(300):
+            add(T0 + 60 * rnd.randrange(3 * 24 * 60), f"t{rnd.randrange(12)}", rnd.randrange(100))
+        add(T0 + 86400 + 1800, "lonely", 9)  # one block among many panes: day windows walk the clock
+        old, new = T0 + 60 * rnd.randrange(60), T0 + 4 * 86400
+    expected = _brute_force_close(panes, extras, specs, old, new)
+    rows = windows.close(old, new, {k: v.copy() for k, v in extras.items()})
+    assert sorted(rows) == sorted(expected) and rows
+    for key in {row[:3] for row in rows}:
+        starts = [row[3] for row in rows if row[:3] == key]
+        assert starts == sorted(starts)
+
+
 def test_merge_with_spikes_scores_its_rows_as_the_detector_scores_them_as_dicts():
     """The merge feeds the detector the fields of its row tuples (observe_final); a detector fed the
     same rows as dicts (observe, as any other reader would) must find the same spikes and state."""
@@ -463,12 +535,12 @@ def test_merge_with_spikes_scores_its_rows_as_the_detector_scores_them_as_dicts(
     specs = ((60, 60), (3600, 300))
     merge = MergeWithSpikes(0, upstream_partitions=1, specs=specs)
     rows, spikes = [], []
-    for i in range(12 * 40):  # a pane every 5 minutes for 40 h; "viral" bursts in the last two hours
+    for i in range(12 * 44):  # a pane every 5 minutes for 44 h; "viral" bursts for two hours, then is quiet
         start = T0 + i * 300
         partials = [[start, "calm", "twitter", 3, 1, 30, 2, {f"c{i % 4}": 10}]]
         if i % 7:
             partials.append([start, "sparse", "mastodon", 1, 0, 5, 0, {"s": 5}])
-        burst = i >= 12 * 38
+        burst = 12 * 38 <= i < 12 * 40
         n = 400 if burst else 2 + i % 3
         partials.append([start, "viral", "twitter", n, 0, 10 * n, 0,
                          {f"v{k}": 10 + k for k in range(n if burst else 2)}])
@@ -476,6 +548,7 @@ def test_merge_with_spikes_scores_its_rows_as_the_detector_scores_them_as_dicts(
         rows += res.row_dicts()
         spikes += res.spikes
     assert spikes and {s.tag for s in spikes} == {"viral"}
+    assert merge.detector.keys[("viral", "twitter", 3600)].armed  # re-armed by the quiet windows after the burst
     detector = SpikeDetector()
     assert detector.observe_many(rows) == spikes
     assert detector.to_dict() == merge.detector.to_dict()

@@ -119,6 +119,10 @@ class SpikeConfig:
     new_keys_fire: bool = True       # a key first seen after the detector's warm-up had zero history
     gap_fill_max: int = 2000         # zero windows applied one by one; longer gaps decay in closed form
 
+    def __post_init__(self) -> None:
+        if not self.clip_sigma >= 0:  # a negative clip would turn the learning clip inside out
+            raise ValueError(f"clip_sigma must be >= 0, got {self.clip_sigma!r}")
+
     def hop_of(self, size: int) -> int | None:
         for s, hop in self.windows:
             if s == size:
@@ -264,8 +268,8 @@ class SpikeDetector:
     config: SpikeConfig = field(default_factory=SpikeConfig)
     started: int | None = None            # first window_start this detector ever saw
     keys: dict[Key, Baseline] = field(default_factory=dict)
-    _alphas: dict[int, float] = field(default_factory=dict, repr=False, compare=False)  # hop -> EWMA weight
-    _hops: dict[int, int] = field(default_factory=dict, repr=False, compare=False)  # size -> hop
+    _alphas: dict[int, float] = field(default_factory=dict, init=False, repr=False, compare=False)  # hop -> weight
+    _hops: dict[int, int] = field(default_factory=dict, init=False, repr=False, compare=False)  # size -> hop
 
     def __post_init__(self) -> None:
         self._hops = {size: hop for size, hop in reversed(self.config.windows)}  # the first wins, as in hop_of
@@ -281,7 +285,8 @@ class SpikeDetector:
 
     def observe_final(self, tag: str, platform: str, size: int, start: int, posts: int,
                       authors: int) -> Spike | None:
-        """observe() for a row's fields as the merge stage built them (typed and valid: no parsing)."""
+        """observe() for the fields of a final row as the merge stage built it, without _parse's checks:
+        non-negative ints, in window order per key. Stage 2 only adds up what stage 1 validated."""
         hop = self._hops.get(size)
         if hop is None:
             return None
@@ -523,6 +528,8 @@ class SpikeDetector:
             a = self._alphas[hop] = cfg.alpha(hop)
         keep = 1.0 - a
         clip, floor, b = cfg.clip_sigma, cfg.min_expected, cfg.trend
+        # The posts and the authors blocks below are the same step on two series (same names reused):
+        # keep them alike.
 
         # Holt's linear method in error-correction form: the forecast is
         # level + trend; both learn from the (clipped) forecast error.

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from tagpulse.core.windows import (IncompatibleState, PaneWindows, Reach, WindowSpec, ends_in, window_row_dict,
-                                   window_starts)
+from tagpulse.core.windows import (IncompatibleState, PaneWindows, Reach, WindowRow, WindowSpec, ends_in,
+                                   window_row_dict, window_starts)
 
 # Version 3: closed-to time per window size ("f" a map). Version 2 (one closed-to time for every
 # size) is read as that time for each size; version 1 (unversioned, window partials) is not.
@@ -41,7 +41,7 @@ CLOSE_STEP = 2 * 3600
 
 @dataclass
 class Stage2Result:
-    rows: list[tuple] = field(default_factory=list)  # final windows (Reach.row tuples), without closed_at
+    rows: list[WindowRow] = field(default_factory=list)  # final windows (Reach.row), without closed_at
     late: dict[tuple, int] = field(default_factory=dict)  # (tag, platform, size, start) -> events
     spikes: list = field(default_factory=list)  # filled by MergeWithSpikes
 

@@ -21,6 +21,8 @@ from typing import Iterable, Iterator
 import orjson
 
 WindowSpec = tuple[int, int]  # (size, hop) seconds
+# A final window row: tag, platform, then ints, in WINDOW_ROW_FIELDS order without closed_at.
+WindowRow = tuple
 
 
 class IncompatibleState(Exception):
@@ -100,11 +102,17 @@ class Reach:
         posts, shares, impressions, engagement, authors = data
         return cls(posts, shares, impressions, engagement, dict(authors))
 
-    def row(self, tag: str, platform: str, size: int, start: int) -> tuple:
-        """The final row of one window: a tuple in WINDOW_ROW_FIELDS order, without closed_at."""
+    def row(self, tag: str, platform: str, size: int, start: int) -> WindowRow:
+        """The final row of one window (WINDOW_ROW_FIELDS without closed_at)."""
         posts, authors = self.posts, self.authors
         return (tag, platform, size, start, start + size, posts, posts - self.shares, self.shares, len(authors),
                 sum(authors.values()), self.impressions, self.engagement)
+
+    def row_values(self) -> tuple:
+        """The fields of row() from posts on: what every window with exactly these posts shares."""
+        posts, authors = self.posts, self.authors
+        return (posts, posts - self.shares, self.shares, len(authors), sum(authors.values()), self.impressions,
+                self.engagement)
 
 
 def post_engagement(post: dict) -> int:
@@ -147,12 +155,12 @@ WINDOW_ROW_FIELDS = ("tag", "platform", "window_size", "window_start", "window_e
  ROW_REACH, ROW_IMPRESSIONS, ROW_ENGAGEMENT, ROW_CLOSED_AT) = range(len(WINDOW_ROW_FIELDS))
 
 
-def window_row_arrays(rows: list[tuple], closed_at: float) -> list[tuple]:
+def window_row_arrays(rows: list[WindowRow], closed_at: float) -> list[tuple]:
     """Final rows (Reach.row tuples) as the windows topic carries them (orjson writes tuples as arrays)."""
     return [(*row, closed_at) for row in rows]
 
 
-def window_row_dict(row: tuple) -> dict:
+def window_row_dict(row: WindowRow) -> dict:
     """One row tuple as a dict of WINDOW_ROW_FIELDS (closed_at only if the tuple has it)."""
     return dict(zip(WINDOW_ROW_FIELDS, row))
 
@@ -236,7 +244,7 @@ class PaneWindows:
         return min(((closed_to - size) // hop + 1) * hop for size, hop in self.specs)
 
     def close(self, old: int | None, new: int, extras: dict[tuple, Reach] | None = None,
-              size: int | None = None) -> list[tuple]:
+              size: int | None = None) -> list[WindowRow]:
         """Rows of the windows ending in (old, new] that hold at least one post (of one size if given).
 
         `extras` maps (size, start, tag, platform) to a share of one window only
@@ -244,7 +252,7 @@ class PaneWindows:
         merged in and removed. Rows of one (tag, platform, size) come out in
         window order (the spike detector needs that).
         """
-        rows: list[tuple] = []
+        rows: list[WindowRow] = []
         extras = extras if extras else None
         if self.panes:
             pane_starts = None
@@ -290,7 +298,7 @@ class PaneWindows:
         for blocks in self._blocks.values():
             blocks.clear()
 
-    def _close_spec(self, size: int, hop: int, starts: list[int], rows: list[tuple],
+    def _close_spec(self, size: int, hop: int, starts: list[int], rows: list[WindowRow],
                     extras: dict[tuple, Reach] | None = None) -> None:
         """Rows of the windows of one spec starting at `starts` (ascending).
 
@@ -316,16 +324,15 @@ class PaneWindows:
             if len(block_starts) == 1 and extras is None:
                 # One block (most keys of a busy close: a tag seen within one hop): every window
                 # holding it has the same posts, so one row body serves them all.
-                tail = reaches[0].row(tag, platform, size, 0)[ROW_POSTS:]
+                tail = reaches[0].row_values()
                 for start in starts[first:last]:
                     append((tag, platform, size, start, start + size, *tail))
                 continue
             lo = hi = 0  # block index range of the previous window
             merged: Reach | None = None
-            body: tuple | None = None  # the row of the previous window, if it had the same posts
+            body: WindowRow | None = None  # the row of the previous window, if it had the same posts
             # suffixes[k - suffix_base]: blocks k..j-1 merged, for windows that only lose blocks at their start
             suffixes: list[Reach] | None = None
-            n = len(block_starts)
             for start in starts[first:last]:
                 i = bisect_left(block_starts, start, lo)
                 j = bisect_left(block_starts, start + size, max(i, hi))
@@ -367,16 +374,12 @@ class PaneWindows:
                         alone = merged.copy()
                         alone.merge(extra)
                         append(alone.row(tag, platform, size, start))
-                        if i >= n:
-                            break
                         continue
                 if body is None:
                     body = merged.row(tag, platform, size, start)
                     append(body)
                 else:
                     append((tag, platform, size, start, start + size, *body[ROW_POSTS:]))
-                if i >= n:
-                    break
 
     def _block(self, hop: int, start: int) -> dict[Key, Reach]:
         if hop == self.width:
