@@ -25,6 +25,7 @@ from streams.partition_tasks import pack_json_arrays
 from tagpulse import config
 from tagpulse.core.merge_spikes import MergeWithSpikes
 from tagpulse.core.stage1 import DedupWindowState
+from tagpulse.core.stage2 import CLOSE_STEP
 from tagpulse.core.windows import window_row_arrays
 from tagpulse.metrics import TagGauges
 
@@ -38,9 +39,9 @@ def decoder():
         return lambda item: [validate_post(item)]
 
 
-def run(messages: list[bytes], take: int, specs) -> dict:
+def run(messages: list[bytes], take: int, specs, close_step_s: int = CLOSE_STEP) -> dict:
     state = DedupWindowState(0, specs, 10, 7 * 86400, decode=decoder())
-    merge = MergeWithSpikes(0, 1, specs)
+    merge = MergeWithSpikes(0, 1, specs, close_step_s=close_step_s)
     gauges = TagGauges()
     delta_bytes = partials = rows = 0
     t_start = time.perf_counter()
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=200_000)
     parser.add_argument("--take", type=int, default=200)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--close-step", type=int, default=CLOSE_STEP,
+                        help="seconds of window ends per close step (tagpulse.core.stage2.CLOSE_STEP)")
     parser.add_argument("--default-gc", action="store_true", help="keep Python's default GC thresholds")
     args = parser.parse_args()
     arrivals, unique = synthetic_arrivals(args.posts)
@@ -95,7 +98,7 @@ def main() -> None:
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-    out = run(messages, args.take, specs)
+    out = run(messages, args.take, specs, args.close_step)
     if args.profile:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)

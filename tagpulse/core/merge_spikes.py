@@ -13,15 +13,16 @@ from operator import itemgetter
 import orjson
 
 from tagpulse.core.spikes import SpikeConfig, SpikeDetector
-from tagpulse.core.stage2 import MergeState, Stage2Result
+from tagpulse.core.stage2 import CLOSE_STEP, MergeState, Stage2Result
 from tagpulse.core.windows import ROW_AUTHORS, ROW_PLATFORM, ROW_POSTS, ROW_SIZE, ROW_START, ROW_TAG
 
 _LEN = struct.Struct(">I")
 
 
 class MergeWithSpikes(MergeState):
-    def __init__(self, partition: int, upstream_partitions: int, specs, spike_config: SpikeConfig | None = None):
-        super().__init__(partition, upstream_partitions, specs)
+    def __init__(self, partition: int, upstream_partitions: int, specs, spike_config: SpikeConfig | None = None,
+                 close_step_s: int | None = CLOSE_STEP):
+        super().__init__(partition, upstream_partitions, specs, close_step_s)
         self.detector = SpikeDetector(spike_config or SpikeConfig())
         self._sizes = frozenset(size for size, _ in self.detector.config.windows)
         self._touched: set[tuple[str, str, int]] = set()
