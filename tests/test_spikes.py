@@ -289,18 +289,14 @@ def test_a_window_below_the_floors_re_arms_a_key_only_once_its_count_is_back_to_
 def _reference_learn(cfg: SpikeConfig, state, size: int, hop: int, posts: int, authors: int) -> None:
     """The EWMA step as first written (plain max/min): the detector's tuned one must match it bit for bit."""
     a, clip, b = cfg.alpha(hop), cfg.clip_sigma, cfg.trend
-    forecast = max(state.mean + state.trend, 0.0)
-    sigma = math.sqrt(max(state.var, forecast, cfg.min_expected))
-    diff = min(float(posts), forecast + clip * sigma) - forecast
-    state.var = (1.0 - a) * (state.var + a * diff * diff)
-    state.mean = forecast + a * diff
-    state.trend = (state.trend + a * b * diff) if state.mean > 0 else 0.0
-    forecast_a = max(state.authors + state.authors_trend, 0.0)
-    sigma_a = math.sqrt(max(state.authors_var, forecast_a, cfg.min_expected))
-    diff_a = min(float(authors), forecast_a + clip * sigma_a) - forecast_a
-    state.authors_var = (1.0 - a) * (state.authors_var + a * diff_a * diff_a)
-    state.authors = forecast_a + a * diff_a
-    state.authors_trend = (state.authors_trend + a * b * diff_a) if state.authors > 0 else 0.0
+    for level, trend, var, x in (("mean", "trend", "var", posts),
+                                 ("authors", "authors_trend", "authors_var", authors)):
+        forecast = max(getattr(state, level) + getattr(state, trend), 0.0)
+        sigma = math.sqrt(max(getattr(state, var), forecast, cfg.min_expected))
+        diff = min(float(x), forecast + clip * sigma) - forecast
+        setattr(state, var, (1.0 - a) * (getattr(state, var) + a * diff * diff))
+        setattr(state, level, forecast + a * diff)
+        setattr(state, trend, (getattr(state, trend) + a * b * diff) if getattr(state, level) > 0 else 0.0)
     if size > hop:
         step_sd = math.sqrt(max(state.step_var, 2.0 * max(state.mean, cfg.min_expected) * hop / size))
         step = max(min(float(posts - state.prev_posts), clip * step_sd), -clip * step_sd)

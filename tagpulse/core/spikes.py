@@ -257,6 +257,21 @@ class _Scores:
         return self.floors and ((self.level and self.people) or self.onset)
 
 
+def _holt_step(level: float, trend: float, var: float, x: float, a: float, keep: float, b: float, clip: float,
+               floor: float) -> tuple[float, float, float]:
+    """One step of Holt's linear method in error-correction form, from x clipped at forecast + clip·σ:
+    (level, trend, variance) after it. The forecast is level + trend (never below 0); all three learn
+    from the clipped forecast error. Conditional expressions pick what max()/min() would pick."""
+    forecast = level + trend
+    if forecast < 0.0:
+        forecast = 0.0
+    spread = forecast if forecast > var else var
+    cap = forecast + clip * math.sqrt(floor if floor > spread else spread)
+    diff = (cap if cap < x else x) - forecast
+    level = forecast + a * diff
+    return level, (trend + a * b * diff) if level > 0 else 0.0, keep * (var + a * diff * diff)
+
+
 @dataclass
 class SpikeDetector:
     """Feed final window rows with `observe`; it returns a `Spike` or None.
@@ -518,9 +533,9 @@ class SpikeDetector:
     def _learn(self, state: Baseline, size: int, hop: int, posts: int, authors: int) -> None:
         """One EWMA step (Finch's incremental mean and variance) from values clipped at μ + clip·σ.
 
-        It runs for every window the detector scores and every empty window it fills in, so it is
-        written with locals and conditional expressions instead of attribute reads and max()/min()
-        calls (which took most of its time); each one picks what max()/min() would pick.
+        It runs for every window the detector scores and every empty window it fills in, so its
+        arithmetic uses locals and conditional expressions instead of attribute reads and max()/min()
+        calls (which took most of its time), with the same results.
         """
         cfg = self.config
         a = self._alphas.get(hop)
@@ -528,39 +543,12 @@ class SpikeDetector:
             a = self._alphas[hop] = cfg.alpha(hop)
         keep = 1.0 - a
         clip, floor, b = cfg.clip_sigma, cfg.min_expected, cfg.trend
-        # The posts and the authors blocks below are the same step on two series (same names reused):
-        # keep them alike.
-
-        # Holt's linear method in error-correction form: the forecast is
-        # level + trend; both learn from the (clipped) forecast error.
-        forecast = state.mean + state.trend
-        if forecast < 0.0:
-            forecast = 0.0
-        var = state.var
-        spread = forecast if forecast > var else var
-        sigma = math.sqrt(floor if floor > spread else spread)
-        cap = forecast + clip * sigma
-        x = float(posts)
-        diff = (cap if cap < x else x) - forecast
-        state.var = keep * (var + a * diff * diff)
-        mean = state.mean = forecast + a * diff
-        state.trend = (state.trend + a * b * diff) if mean > 0 else 0.0
-
-        forecast = state.authors + state.authors_trend
-        if forecast < 0.0:
-            forecast = 0.0
-        var = state.authors_var
-        spread = forecast if forecast > var else var
-        sigma = math.sqrt(floor if floor > spread else spread)
-        cap = forecast + clip * sigma
-        x = float(authors)
-        diff = (cap if cap < x else x) - forecast
-        state.authors_var = keep * (var + a * diff * diff)
-        level = state.authors = forecast + a * diff
-        state.authors_trend = (state.authors_trend + a * b * diff) if level > 0 else 0.0
-
+        state.mean, state.trend, state.var = _holt_step(state.mean, state.trend, state.var, float(posts),
+                                                        a, keep, b, clip, floor)
+        state.authors, state.authors_trend, state.authors_var = _holt_step(
+            state.authors, state.authors_trend, state.authors_var, float(authors), a, keep, b, clip, floor)
         if size > hop:
-            step_var = state.step_var
+            mean, step_var = state.mean, state.step_var
             poisson = 2.0 * (floor if floor > mean else mean) * hop / size
             bound = clip * math.sqrt(poisson if poisson > step_var else step_var)
             step = float(posts - state.prev_posts)
