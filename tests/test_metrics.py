@@ -8,7 +8,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from tagpulse import metrics
-from tagpulse.core.windows import WINDOW_ROW_FIELDS
+from tagpulse.core.windows import WINDOW_ROW_FIELDS, window_row_tuple
 from tagpulse.metrics import OTHER_TAG, TagGauges, TopTags, reason_label
 
 
@@ -114,7 +114,7 @@ def test_tag_gauges_snapshot_bounds_labels_and_expires():
 
 def _as_tuple(row: dict) -> tuple:
     """A row as stage 2 emits it (fields the gauges do not read are zero)."""
-    return tuple(row.get(name, 0) for name in WINDOW_ROW_FIELDS[:-1])
+    return window_row_tuple({**dict.fromkeys(WINDOW_ROW_FIELDS, 0), **row})
 
 
 def test_tag_gauges_batch_feed_equals_row_by_row():

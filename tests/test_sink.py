@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from sinks import clickhouse as ch
-from tagpulse.core.windows import WINDOW_ROW_FIELDS, window_row_arrays
+from tagpulse.core.windows import window_row_arrays, window_row_tuple
 
 REPO = Path(__file__).resolve().parents[1]
 TOPICS = ("posts.unique", "windows", "late", "deadletters")
@@ -163,11 +163,6 @@ async def produce_transactions(bootstrap: str, namespace: str, committed: list[t
         await producer.stop()
 
 
-def _row_tuple(row: dict) -> tuple:
-    """A window row as stage 2 builds it (closed_at is added on output)."""
-    return tuple(row[name] for name in WINDOW_ROW_FIELDS[:-1])
-
-
 # ----------------------------------------------------------------------------- tests
 def test_only_committed_rows_reach_clickhouse(kafka_bootstrap, tmp_path):
     namespace = f"sinktest-{uuid.uuid4().hex[:8]}"
@@ -175,7 +170,7 @@ def test_only_committed_rows_reach_clickhouse(kafka_bootstrap, tmp_path):
     committed = [("posts.unique", 0, [post(1), post(2)]), ("posts.unique", 1, [post(3)]),
                  # Rows as objects (older workers) and as arrays in one batch: one insert takes both.
                  ("windows", 2, [WINDOW]),
-                 ("windows", 2, window_row_arrays([_row_tuple(dict(WINDOW, platform="facebook", posts=1))],
+                 ("windows", 2, window_row_arrays([window_row_tuple(dict(WINDOW, platform="facebook", posts=1))],
                                                   WINDOW["closed_at"])),
                  ("late", 1, [LATE]), ("deadletters", 0, [DEAD, dict(DEAD, stage="produce", at=1432113400.25)])]
     aborted = [("posts.unique", 0, [post(100), post(101)]), ("windows", 2, [dict(WINDOW, tag="aborted")]),

@@ -93,7 +93,7 @@ def test_count_rows_counts_keys_not_text():
 
 
 def test_window_rows_as_arrays_round_trip_and_are_counted():
-    from tagpulse.core.windows import WINDOW_ROW_FIELDS, window_row_arrays, window_rows_of
+    from tagpulse.core.windows import WINDOW_ROW_FIELDS, window_row_arrays, window_row_tuple, window_rows_of
 
     base = {"platform": "mastodon", "window_size": 60, "window_start": 1432113300, "window_end": 1432113360,
             "posts": 3, "originals": 2, "shares": 1, "unique_authors": 2, "potential_reach": 30,
@@ -101,7 +101,7 @@ def test_window_rows_as_arrays_round_trip_and_are_counted():
     # Tags that hold the row separator or its parts, quotes, brackets, backslashes; first and not first.
     tags = ("],[", "einbuchfuerkai", '"],["', "a],[b", "[[", "x],[", "1],[", '],[","', "\\],[", "ä],[")
     dicts = [dict(base, tag=tag) for tag in tags]
-    rows = [tuple(row[name] for name in WINDOW_ROW_FIELDS[:-1]) for row in dicts]  # as stage 2 builds them
+    rows = [window_row_tuple(row) for row in dicts]  # as stage 2 builds them
     value = orjson.dumps(window_row_arrays(rows, 1432113371.5))
     assert orjson.dumps(window_row_arrays(rows[1:2], 1432113371.5)) == \
         b'[["einbuchfuerkai","mastodon",60,1432113300,1432113360,3,2,1,2,30,40,5,1432113371.5]]'

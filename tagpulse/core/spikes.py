@@ -384,7 +384,7 @@ class SpikeDetector:
         """
         dropped = 0
         for key, state in list(self.keys.items()):
-            hop = self.config.hop_of(key[2]) or key[2]
+            hop = self._hops.get(key[2]) or key[2]
             windows = max(0, (now - state.last) // hop)
             decay = (1.0 - self.config.alpha(hop)) ** windows
             cooling = state.fired is not None and now - state.fired < self.config.cooldown_s
@@ -429,7 +429,7 @@ class SpikeDetector:
         """(key, start, posts, authors, hop) or None for rows this detector does not run on."""
         try:
             size = int(row["window_size"])
-            hop = self.config.hop_of(size)
+            hop = self._hops.get(size)
             if hop is None:
                 return None
             key = (str(row["tag"]), str(row["platform"]), size)

@@ -16,7 +16,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from math import gcd
 from operator import itemgetter
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import orjson
 
@@ -104,9 +104,7 @@ class Reach:
 
     def row(self, tag: str, platform: str, size: int, start: int) -> WindowRow:
         """The final row of one window (WINDOW_ROW_FIELDS without closed_at)."""
-        posts, authors = self.posts, self.authors
-        return (tag, platform, size, start, start + size, posts, posts - self.shares, self.shares, len(authors),
-                sum(authors.values()), self.impressions, self.engagement)
+        return (tag, platform, size, start, start + size, *self.row_values())
 
     def row_values(self) -> tuple:
         """The fields of row() from posts on: what every window with exactly these posts shares."""
@@ -163,6 +161,11 @@ def window_row_arrays(rows: list[WindowRow], closed_at: float) -> list[tuple]:
 def window_row_dict(row: WindowRow) -> dict:
     """One row tuple as a dict of WINDOW_ROW_FIELDS (closed_at only if the tuple has it)."""
     return dict(zip(WINDOW_ROW_FIELDS, row))
+
+
+def window_row_tuple(row: Mapping) -> WindowRow:
+    """A row given by field names (closed_at ignored) as the tuple stage 2 builds: window_row_dict's inverse."""
+    return tuple(row[name] for name in WINDOW_ROW_FIELDS[:ROW_CLOSED_AT])
 
 
 def window_rows_of(value: bytes) -> list[dict]:
