@@ -300,6 +300,7 @@ class DedupWindowState:
         depends on the partition's record order only, never on processing timing.
         """
         watermark = self.watermark
+        assert watermark is not None  # a post is late only against a watermark
         *share, tags = post_fields
         late = result.late
         shares = result.window_shares
@@ -307,25 +308,28 @@ class DedupWindowState:
             for start in window_starts(t, size, hop):
                 if start + size <= watermark:
                     for tag in tags:
-                        k = (tag, platform, size, start)
-                        late[k] = late.get(k, 0) + 1
+                        late_key = (tag, platform, size, start)
+                        late[late_key] = late.get(late_key, 0) + 1
                 elif share_open:
                     for tag in tags:
-                        k = (size, start, tag, platform)
-                        reach = shares.get(k)
+                        share_key = (size, start, tag, platform)
+                        reach = shares.get(share_key)
                         if reach is None:
-                            reach = shares[k] = Reach()
+                            reach = shares[share_key] = Reach()
                         reach.add_post(*share)
 
     def _fold_all(self, folds) -> None:
         """Fold posts into their panes; also how a restore replays the changelog's folded posts.
         A fold is (pane start, platform, author, followers, is_share, engagement, tags)."""
         panes = self.panes
-        pane_start = pane = None
+        pane_start: int | None = None
+        pane: dict[tuple[str, str], Reach] = {}
         for ps, platform, author, followers, is_share, engagement, tags in folds:
             if ps != pane_start:  # a message's posts are mostly of one pane
-                pane_start, pane = ps, panes.get(ps)
-                if pane is None:
+                pane_start = ps
+                if ps in panes:
+                    pane = panes[ps]
+                else:
                     pane = panes[ps] = {}
                     heapq.heappush(self._pane_heap, ps)
             for tag in tags:

@@ -84,8 +84,8 @@ class MergeState:
     @property
     def final_until(self) -> int | None:
         """Every window ending at or before this time is final (None: not every size closed any yet)."""
-        marks = self.closed.values()
-        return None if None in marks else min(marks)
+        marks = [mark for mark in self.closed.values() if mark is not None]
+        return min(marks) if len(marks) == len(self.closed) else None
 
     def process(self, records: list[tuple[int, bytes]]) -> Stage2Result:
         """Apply records in offset order (skipping those applied before), then take one close step.
@@ -193,9 +193,10 @@ class MergeState:
         only on the smallest closed-to time and on the panes (none is evicted before every size
         reached the stop), so a close cut short by a restart goes on to the same stop.
         """
-        if not self.pending():
+        frontier = self.frontier()
+        if frontier is None or not self.pending():
             return
-        stop = self._next_stop(self.frontier())
+        stop = self._next_stop(frontier)
         closed, windows = self.closed, self.windows
         emitted = False
         for size, hop in sorted(windows.specs):
