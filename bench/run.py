@@ -13,7 +13,7 @@ Parts (docs in BENCHMARKS.md):
             batch to the last window row inserted into ClickHouse
  3 anchors  naive Faust windowed Tables and Quix Streams on a subset, one post per message
  4 producer `tagpulse produce` on a canonical JSONL file (when that command exists)
- 5 latency  live posts at half the measured rate: final 1-minute row vs window end + grace
+ 5 latency  live posts at half the measured rate: final rows of every window size vs window end + grace
  6 state    dedup memory for 10 M ids, and kill -9 + restart with 10 M keys in the changelog
 """
 from __future__ import annotations
@@ -415,6 +415,7 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
         return {"rate": round(rate), "seconds": seconds, "posts_sent": sent, "error": "no 1-minute window closed",
                 "restart_after_live": restart}
     in_clickhouse = sorted(seen - (end + grace) for end, seen in visible if end in counted)
+    by_size = latency_by_size(rows, max(counted), grace)
     boundaries = [{"window_end": time.strftime("%H:%M:%S", time.gmtime(end)), "rows": len(v),
                    "first_s": round(min(v), 3), "last_s": round(max(v), 3),
                    "also_closing": [f"{size}s" for size, hop in ns.settings.windows if size != 60 and end % hop == 0]}
@@ -422,7 +423,7 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
     return {"rate_posts_per_s": round(rate), "seconds": seconds, "posts_sent": sent, "rows": len(lat),
             "windows": len(counted), "p50_s_after_end_plus_grace": _pct(lat, 0.50),
             "p99_s_after_end_plus_grace": _pct(lat, 0.99), "max_s_after_end_plus_grace": round(lat[-1], 3),
-            "measured_at": "row read from the windows topic", "boundaries": boundaries,
+            "measured_at": "row read from the windows topic", "boundaries": boundaries, "by_window_size": by_size,
             "clickhouse": {"rows": len(in_clickhouse), "p50_s_after_end_plus_grace": _pct(in_clickhouse, 0.50),
                            "p99_s_after_end_plus_grace": _pct(in_clickhouse, 0.99),
                            "measured_at": f"row counted in reach_windows (polled every {CLICKHOUSE_POLL_S} s)"},
@@ -704,13 +705,38 @@ def goals(r: dict) -> dict:
          "e2e >= 25 x Quix": ra.get("e2e_over_quix", 0) >= 25 if "e2e_over_quix" in ra else None}
     prod = r.get("producer", {}).get("posts_per_s")
     g["producer >= 150k posts/s"] = prod >= 150_000 if prod else None
-    lat = r.get("latency", {}).get("p99_s_after_end_plus_grace")
-    g["p99 <= end + grace + 2 s"] = lat <= 2.0 if lat is not None else None
+    g["p99 <= end + grace + 2 s"] = None if (lat := worst_p99(r.get("latency", {}))) is None else lat <= 2.0
     mem = r.get("dedup_memory", {}).get("state_rss_mb")
     g["10 M dedup keys <= 300 MB RSS"] = mem <= 300 if mem is not None else None
     rst = r.get("restart", {}).get("kill9_to_processing_s")
     g["restart <= 30 s with 10 M keys"] = rst <= 30 if rst is not None else None
     return g
+
+
+def latency_by_size(rows: list[tuple[int, int, float]], last_end: int, grace: int) -> dict[str, dict]:
+    """Per window size, the latency figures of its final rows (size, window end, time read) whose
+    windows ended by `last_end`, i.e. closed while posts still flowed. The goal holds for every final
+    row: the 1 h windows (every 5 min) and the day windows (every hour) as much as the 1-minute ones."""
+    by_size: dict[str, dict] = {}
+    for size in sorted({size for size, _, _ in rows}):
+        of_size = [(end, arrived - (end + grace)) for s, end, arrived in rows if s == size and end <= last_end]
+        if not of_size:
+            continue
+        lat = sorted(x for _, x in of_size)
+        by_size[str(size)] = {"rows": len(lat), "windows": len({end for end, _ in of_size}),
+                              "p50_s_after_end_plus_grace": _pct(lat, 0.50),
+                              "p99_s_after_end_plus_grace": _pct(lat, 0.99),
+                              "max_s_after_end_plus_grace": round(lat[-1], 3)}
+    return by_size
+
+
+def worst_p99(latency: dict) -> float | None:
+    """The goal's figure: the largest p99 of any window size's final rows (runs before the per-size
+    figures measured only the 1-minute rows)."""
+    by_size = latency.get("by_window_size")
+    if by_size:
+        return max(size["p99_s_after_end_plus_grace"] for size in by_size.values())
+    return latency.get("p99_s_after_end_plus_grace")
 
 
 def print_summary(r: dict, path: Path) -> None:

@@ -69,3 +69,23 @@ def test_profile_core_runs_the_whole_pure_path_and_its_rows_add_up():
     result = json.loads(done.stdout)
     assert result["rows"] == expected_window_rows()
     assert result["spike_keys"] > 0 and result["stage2_s"] > 0 and result["outputs_s"] > 0
+
+
+def test_the_latency_goal_takes_the_slowest_window_size():
+    """Every final row counts for the latency goal, not only the 1-minute ones (pure: no broker)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from bench.run import latency_by_size, worst_p99
+
+    grace = 10
+    rows = [(60, 120, 120 + grace + 0.5)] * 99 + [(60, 180, 180 + grace + 0.9)] \
+        + [(3600, 3600, 3600 + grace + 2.5), (86400, 86400, 86400 + grace + 9.0)]
+    by_size = latency_by_size(rows, last_end=3600, grace=grace)
+    assert set(by_size) == {"60", "3600"}  # the day window ended after the last counted end
+    assert by_size["60"]["rows"] == 100 and by_size["60"]["windows"] == 2
+    assert by_size["60"]["p50_s_after_end_plus_grace"] == 0.5
+    assert by_size["60"]["max_s_after_end_plus_grace"] == 0.9
+    assert by_size["3600"]["p99_s_after_end_plus_grace"] == 2.5
+    assert worst_p99({"p99_s_after_end_plus_grace": 0.9, "by_window_size": by_size}) == 2.5
+    assert worst_p99({"p99_s_after_end_plus_grace": 0.9}) == 0.9  # a result from before per-size figures
+    assert worst_p99({}) is None
