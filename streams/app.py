@@ -255,30 +255,16 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
         # come again, are skipped as applied, and their process() finishes the close at once.
         while True:
             last = not state.pending()
-            # The step's outputs and changelog record are taken now, so its transaction holds
-            # exactly this step, whatever the state does while the broker commits it.
-            commit = asyncio.ensure_future(task.commit_record(
-                stage2_outputs(partition, result), task.changelog_record(), state.offset + 1 if last else None))
+            await task.commit_state(stage2_outputs(partition, result), state.offset + 1 if last else None)
+            metrics_stage2(partition, result, state)
             if last:
-                await commit
-                metrics_stage2(partition, result, state)
                 break
             # The later steps (the 1 h and day windows of every tag, a replay's end) hold the CPU
             # for a second or more. In a thread, the event loop keeps fetching and committing in
-            # between (the GIL switches every 5 ms): this step's transaction goes to the broker
-            # while the next step is assembled, and the other partitions' 1-minute rows of the
-            # same boundary do not wait for this one's long windows. Only this task touches the
-            # partition's state meanwhile: it holds the partition's lock.
-            following = asyncio.ensure_future(asyncio.to_thread(state.close_step))
-            try:
-                await commit  # one transaction at a time per producer: the next waits for this one
-            except BaseException:
-                # The state ran ahead of a transaction that failed: the partition is restored from
-                # its changelog (PartitionLost, or the worker stops), never continued from memory.
-                await asyncio.wait([following])
-                raise
-            metrics_stage2(partition, result, state)
-            result = await following
+            # between (the GIL switches every 5 ms): the other partitions' 1-minute rows of the
+            # same boundary do not wait for this one's long windows. Only this task touches
+            # the partition's state meanwhile: it holds the partition's lock.
+            result = await asyncio.to_thread(state.close_step)
         task.last_activity = time.monotonic()
 
 

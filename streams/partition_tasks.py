@@ -177,18 +177,8 @@ class PartitionTask:
     async def commit_state(self, outputs: Iterable[Output], next_offset: int | None) -> None:
         """commit() with the state's changelog record: its delta, or a snapshot when one is due
         (see SnapshotSchedule), after which the changelog is truncated to the snapshot."""
-        await self.commit_record(outputs, self.changelog_record(), next_offset)
-
-    def changelog_record(self) -> tuple[bytes, bool]:
-        """The state's changes since the last record (or a snapshot, when due) and whether it is a
-        snapshot. Taking it starts the next record: the state may change on while it commits."""
         snapshot = self.schedule.due()
-        return (self.state.snapshot() if snapshot else self.state.delta()), snapshot
-
-    async def commit_record(self, outputs: Iterable[Output], changelog: tuple[bytes, bool],
-                            next_offset: int | None) -> None:
-        """commit_state() of a record taken before with changelog_record()."""
-        record, snapshot = changelog
+        record = self.state.snapshot() if snapshot else self.state.delta()
         first_offset = await self.commit(outputs, record, next_offset)
         self.schedule.count(record, snapshot)
         if not snapshot:
