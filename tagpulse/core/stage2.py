@@ -175,7 +175,11 @@ class MergeState:
     def pending(self) -> bool:
         """Windows are final (the frontier passed their end) but not closed yet."""
         frontier = self.frontier()
-        return frontier is not None and any(c is None or frontier > c for c in self.closed.values())
+        return frontier is not None and self._behind(frontier)
+
+    def _behind(self, frontier: int) -> bool:
+        """Whether some window size is not yet closed up to this frontier."""
+        return any(c is None or frontier > c for c in self.closed.values())
 
     def close_step(self) -> Stage2Result:
         """The next step of a pending close (see CLOSE_STEP)."""
@@ -194,7 +198,7 @@ class MergeState:
         reached the stop), so a close cut short by a restart goes on to the same stop.
         """
         frontier = self.frontier()
-        if frontier is None or not self.pending():
+        if frontier is None or not self._behind(frontier):  # pending(), with the frontier kept for the stop
             return
         stop = self._next_stop(frontier)
         closed, windows = self.closed, self.windows
