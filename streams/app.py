@@ -265,6 +265,11 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
             # same boundary do not wait for this one's long windows. Only this task touches
             # the partition's state meanwhile: it holds the partition's lock.
             result = await asyncio.to_thread(state.close_step)
+        if state.warm_due():
+            # Between boundaries, merge what the next boundary's 1 h and day windows will read
+            # (their earlier blocks, the panes final by now), a bounded part per batch: that
+            # close then folds its last pane and merges two maps per key. No rows, no changelog.
+            await asyncio.to_thread(state.warm)
         task.last_activity = time.monotonic()
 
 

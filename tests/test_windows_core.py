@@ -526,6 +526,59 @@ def test_close_equals_windows_merged_straight_from_their_panes(case):
         assert starts == sorted(starts)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_warmed_live_closes_equal_cold_ones_and_windows_merged_straight_from_their_panes(seed):
+    """Boundary by boundary, like a live stream: warm() a random number of times between closes (the
+    heads and last blocks it prepares), shares arriving after their pane was folded (late for the
+    shortest windows, still open for the longer ones) and window shares. Each close gives the rows of a
+    PaneWindows never warmed, in the same order, and equals a brute-force merge from the panes."""
+    from tagpulse.core.windows import PaneWindows
+
+    rnd = random.Random(seed)
+    specs = ((60, 60), (600, 120), (1800, 600))  # 120 divides 600: blocks of blocks, as hours of 5 minutes
+    warmed, cold = PaneWindows(specs), PaneWindows(specs)
+    panes: dict = {}
+    extras: dict = {}
+    warm_extras: dict = {}
+    cold_extras: dict = {}
+    warmed_some = 0
+
+    def add(ps, tag):
+        reach = Reach()
+        reach.add_post(f"u{rnd.randrange(6)}", rnd.randrange(100), rnd.random() < 0.3, rnd.randrange(4))
+        panes.setdefault(ps, {}).setdefault((tag, "twitter"), Reach()).merge(reach)
+        warmed.add(ps, (tag, "twitter"), reach.copy())
+        cold.add(ps, (tag, "twitter"), reach.copy())
+
+    closed = T0 - 60
+    for minute in range(150):
+        now = T0 + 60 * minute
+        for _ in range(rnd.randrange(6)):
+            add(now, f"t{rnd.randrange(5)}")
+        if rnd.random() < 0.3:  # a share for a pane folded already (its 1-minute window is final)
+            add(now - 60 * rnd.randrange(1, 25), f"t{rnd.randrange(5)}")
+        if rnd.random() < 0.2:  # a share of one open window only
+            size, hop = rnd.choice(specs[1:])
+            start = (now // hop) * hop - hop * rnd.randrange(size // hop)
+            key = (size, start, f"t{rnd.randrange(7)}", "twitter")
+            share = Reach(1, 0, 3, 0, {f"late{minute}": 3})
+            for target in (extras, warm_extras, cold_extras):
+                target.setdefault(key, Reach()).merge(share.copy())
+        new = now + 60
+        expected = _brute_force_close(panes, extras, specs, closed, new)
+        rows, cold_rows = warmed.close(closed, new, warm_extras), cold.close(closed, new, cold_extras)
+        assert rows == cold_rows
+        assert sorted(rows) == sorted(expected)
+        for key in [k for k in extras if k[0] + k[1] <= new]:
+            del extras[key]
+        closed = new
+        assert warmed.evict(closed) == cold.evict(closed)
+        for _ in range(rnd.randrange(4)):
+            warmed_some += warmed.warm_due(closed)
+            warmed.warm(closed)
+    assert warmed_some > 50  # warming really happened between most boundaries
+
+
 def test_merge_with_spikes_scores_its_rows_as_the_detector_scores_them_as_dicts():
     """The merge feeds the detector the fields of its row tuples (observe_final); a detector fed the
     same rows as dicts (observe, as any other reader would) must find the same spikes and state."""

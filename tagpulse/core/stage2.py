@@ -219,6 +219,20 @@ class MergeState:
         if final_until is not None:
             self._evicted.extend(windows.evict(final_until))
 
+    def warm_due(self) -> bool:
+        """Whether warm() has work: panes final since the last close step or warm()."""
+        final_until = self.final_until
+        return final_until is not None and not self.pending() and self.windows.warm_due(final_until)
+
+    def warm(self) -> bool:
+        """Between close steps, prepare part of the next boundary's longer windows (PaneWindows.warm).
+
+        Changes no row and no changelog record; True when more is left for another call."""
+        final_until = self.final_until
+        if final_until is None or self.pending():
+            return False
+        return self.windows.warm(final_until)
+
     def _next_stop(self, frontier: int) -> int:
         """How far this close step goes: CLOSE_STEP of window ends, or straight on when nothing is left."""
         old, step = self.final_until, self.close_step_s

@@ -177,6 +177,19 @@ def row_key(row: dict) -> tuple:
     return (row["tag"], row["platform"], row["window_size"], row["window_start"])
 
 
+def union_row_values(a: Reach, b: Reach) -> tuple:
+    """row_values() of a and b merged, without building the merged author map (a head holds an
+    hour or a day of authors; copying it for every key at a boundary was most of a close)."""
+    posts, shares = a.posts + b.posts, a.shares + b.shares
+    mine, theirs = a.authors, b.authors
+    common = mine.keys() & theirs.keys()
+    reach = sum(mine.values()) + sum(theirs.values())
+    if common:
+        reach -= sum([min(mine[author], theirs[author]) for author in common])  # max(x, y) = x + y - min(x, y)
+    return (posts, posts - shares, shares, len(mine) + len(theirs) - len(common), reach,
+            a.impressions + b.impressions, a.engagement + b.engagement)
+
+
 def ends_in(old: int | None, new: int, hop: int) -> bool:
     """Whether a window of this hop can end in (old, new]: window ends are multiples of the hop."""
     return old is None or new // hop != old // hop
@@ -209,6 +222,12 @@ class PaneWindows:
     Panes are tumbling buckets `pane_width(specs)` wide. Windows of a spec with a
     hop wider than a pane are assembled from cached hop *blocks* (the panes of
     [start, start + hop) merged), so a 24 h window costs at most 24 merges, not 1440.
+
+    Live, a boundary closes one window per key and size, and every block of it but the
+    last is final a hop earlier: warm() merges them (the window's *head*) and folds the
+    last block's panes as they become final, between boundaries, so the close itself
+    folds the last pane and merges two maps per key. Blocks and heads are a cache: a
+    pane that gets a share after it was folded drops what holds it.
     """
 
     def __init__(self, specs: Iterable[WindowSpec]):
@@ -217,8 +236,16 @@ class PaneWindows:
         self.min_hop = min(hop for _, hop in self.specs)
         self.panes: dict[int, dict[Key, Reach]] = {}
         self._heap: list[int] = []  # pane starts, for eviction oldest first
-        self._blocks: dict[int, dict[int, dict[Key, Reach]]] = {
+        # hop -> block start -> [key map, start of the first part not folded in yet]
+        self._blocks: dict[int, dict[int, list]] = {
             hop: {} for hop in sorted({hop for _, hop in self.specs if hop != self.width})}
+        # A day window's hour blocks come from the 5-minute blocks the hour windows built
+        # anyway (12 merges per key instead of 60), when a finer hop divides this one.
+        self._finer: dict[int, int | None] = {
+            hop: max((h for h in self._blocks if h < hop and hop % h == 0), default=None) for hop in self._blocks}
+        # size -> [window start, key map, next block start, keys whose Reach the map owns]:
+        # the blocks of that size's next window but its last, merged (warm(), _close_window())
+        self._heads: dict[int, list] = {}
 
     def add(self, ps: int, key: Key, reach: Reach) -> None:
         """Merge reach into pane ps; the caller hands reach over (it is kept, not copied)."""
@@ -228,7 +255,13 @@ class PaneWindows:
             heapq.heappush(self._heap, ps)
         for hop, blocks in self._blocks.items():
             if blocks:
-                blocks.pop(ps - ps % hop, None)  # a block built earlier no longer holds the whole hop
+                bs = ps - ps % hop
+                entry = blocks.get(bs)
+                if entry is not None and ps < entry[1]:
+                    del blocks[bs]  # it folded this pane without the new share: fold again when read
+        if self._heads:
+            for size in [size for size, head in self._heads.items() if head[0] <= ps < head[2]]:
+                del self._heads[size]
         known = pane.get(key)
         if known is None:
             pane[key] = reach
@@ -267,7 +300,9 @@ class PaneWindows:
                 if pane_starts is None:
                     pane_starts = sorted(self.panes)
                 starts = self._closing_starts(pane_starts, spec_size, hop, old, new)
-                if starts:
+                if len(starts) == 1 and hop != self.width:
+                    self._close_window(spec_size, hop, starts[0], rows, extras)  # a live boundary
+                elif starts:
                     self._close_spec(spec_size, hop, starts, rows, extras)
         if extras:
             alone = [key for key in extras if key[0] + key[1] <= new and (size is None or key[0] == size)]
@@ -292,6 +327,8 @@ class PaneWindows:
                 oldest_open = min(((closed_to - size) // h + 1) * h for size, h in self.specs if h == hop)
                 for bs in [bs for bs in blocks if bs < oldest_open]:
                     del blocks[bs]
+        for size in [size for size, head in self._heads.items() if head[0] + size <= closed_to]:
+            del self._heads[size]
         return evicted
 
     def evict_panes(self, pane_starts: Iterable[int]) -> None:
@@ -300,6 +337,7 @@ class PaneWindows:
             self.panes.pop(ps, None)
         for blocks in self._blocks.values():
             blocks.clear()
+        self._heads.clear()
 
     def _close_spec(self, size: int, hop: int, starts: list[int], rows: list[WindowRow],
                     extras: dict[tuple, Reach] | None = None) -> None:
@@ -384,27 +422,123 @@ class PaneWindows:
                 else:
                     append((tag, platform, size, start, start + size, *body[ROW_POSTS:]))
 
-    def _block(self, hop: int, start: int) -> dict[Key, Reach]:
+    def warm_due(self, final_to: int) -> bool:
+        """Whether warm(final_to) has anything to fold."""
+        for size, hop in self.specs:
+            if hop == self.width:
+                continue
+            end = (final_to // hop + 1) * hop  # the next window end of this spec
+            entry = self._blocks[hop].get(end - hop)
+            part = end - hop if entry is None else entry[1]
+            if part + (self._finer[hop] or self.width) <= min(end, final_to):
+                return True
+            head = self._heads.get(size)
+            if end - size < end - hop and (head is None or head[0] != end - size or head[2] < end - hop):
+                return True
+        return False
+
+    def warm(self, final_to: int) -> bool:
+        """Fold what is final up to final_to into the maps the next close of each sliding size reads.
+
+        Panes (or finer blocks) ending by final_to go into that close's last block, and one more
+        block into its head, so a call takes a few hundred ms at most; True when more is left.
+        Only a cache: the rows do not change, whenever and however often this runs.
+        """
+        more = False
+        for size, hop in self.specs:
+            if hop == self.width:
+                continue
+            end = (final_to // hop + 1) * hop
+            self._block(hop, end - hop, upto=final_to)
+            head = self._heads.get(size)
+            if head is None or head[0] != end - size:
+                head = self._heads[size] = [end - size, {}, end - size, set()]
+            if head[2] < end - hop:
+                self._fold_into_head(head, hop)
+                more = more or head[2] < end - hop
+        return more
+
+    def _fold_into_head(self, head: list, hop: int) -> None:
+        """Merge the head's next block into it. A key's first block is kept, not copied (a whole
+        block is not changed again: a late share drops it and the head); the second copies it."""
+        block = self._block(hop, head[2])
+        merged, owned = head[1], head[3]
+        for key, reach in block.items():
+            acc = merged.get(key)
+            if acc is None:
+                merged[key] = reach
+                continue
+            if key not in owned:
+                merged[key] = acc = acc.copy()
+                owned.add(key)
+            acc.merge(reach)
+        head[2] += hop
+
+    def _close_window(self, size: int, hop: int, start: int, rows: list[WindowRow],
+                      extras: dict[tuple, Reach] | None) -> None:
+        """The rows of one window of a sliding spec: its head (warmed or merged now) and its last block.
+
+        Rows come in the order _close_spec gives them (keys by their first block)."""
+        last_start = start + size - hop
+        head = self._heads.pop(size, None)
+        if head is None or head[0] != start:
+            head = [start, {}, start, set()]
+        while head[2] < last_start:
+            self._fold_into_head(head, hop)
+        merged: dict[Key, Reach] = head[1]
+        last = self._block(hop, last_start)
+        end = start + size
+        append = rows.append
+        for key, reach in merged.items():
+            other = last.get(key)
+            tag, platform = key
+            extra = extras.pop((size, start, tag, platform), None) if extras is not None else None
+            if extra is not None:
+                alone = reach.copy()
+                if other is not None:
+                    alone.merge(other)
+                alone.merge(extra)
+                append(alone.row(tag, platform, size, start))
+            elif other is None:
+                append((tag, platform, size, start, end, *reach.row_values()))
+            else:
+                append((tag, platform, size, start, end, *union_row_values(reach, other)))
+        for key, reach in last.items():
+            if key in merged:
+                continue
+            tag, platform = key
+            extra = extras.pop((size, start, tag, platform), None) if extras is not None else None
+            if extra is not None:
+                alone = reach.copy()
+                alone.merge(extra)
+                append(alone.row(tag, platform, size, start))
+            else:
+                append((tag, platform, size, start, end, *reach.row_values()))
+
+    def _block(self, hop: int, start: int, upto: int | None = None) -> dict[Key, Reach]:
+        """The panes of [start, start + hop) merged per key; with `upto`, only the parts ending by
+        then (warm(): the others are folded in when the block is read whole)."""
         if hop == self.width:
             return self.panes.get(start) or {}
         blocks = self._blocks[hop]
-        block = blocks.get(start)
-        if block is None:
-            block = {}
-            # A day window's hour blocks come from the 5-minute blocks the hour windows built
-            # anyway (12 merges per key instead of 60), when a finer hop divides this one.
-            finer = max((h for h in self._blocks if h < hop and hop % h == 0), default=None)
-            step = finer or self.width
-            for ps in range(start, start + hop, step):
-                pane = self._block(finer, ps) if finer else self.panes.get(ps)
-                if not pane:
-                    continue
-                for key, reach in pane.items():
-                    acc = block.get(key)
-                    if acc is None:
-                        block[key] = acc = Reach()
-                    acc.merge(reach)
-            blocks[start] = block
+        entry = blocks.get(start)
+        if entry is None:
+            entry = blocks[start] = [{}, start]
+        block, part = entry[0], entry[1]
+        end = start + hop if upto is None else min(start + hop, upto)
+        finer = self._finer[hop]
+        step = finer or self.width
+        while part + step <= end:
+            pane = self._block(finer, part) if finer else self.panes.get(part)
+            part += step
+            if not pane:
+                continue
+            for key, reach in pane.items():
+                acc = block.get(key)
+                if acc is None:
+                    block[key] = acc = Reach()
+                acc.merge(reach)
+        entry[1] = part
         return block
 
     @staticmethod
