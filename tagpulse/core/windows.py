@@ -214,6 +214,7 @@ Key = tuple[str, str]  # (tag, platform)
 
 
 _window_order = itemgetter(ROW_SIZE, ROW_START)
+_NEVER = -(1 << 62)  # before any pane
 
 
 class PaneWindows:
@@ -246,6 +247,9 @@ class PaneWindows:
         # size -> [window start, key map, next block start, keys whose Reach the map owns]:
         # the blocks of that size's next window but its last, merged (warm(), _close_window())
         self._heads: dict[int, list] = {}
+        # No block or head holds a pane starting at or after this: a share for a newer pane (live,
+        # nearly all of them) needs no look at the cache.
+        self._folded_until = _NEVER
 
     def add(self, ps: int, key: Key, reach: Reach) -> None:
         """Merge reach into pane ps; the caller hands reach over (it is kept, not copied)."""
@@ -253,20 +257,25 @@ class PaneWindows:
         if pane is None:
             pane = self.panes[ps] = {}
             heapq.heappush(self._heap, ps)
-        for hop, blocks in self._blocks.items():
-            if blocks:
-                bs = ps - ps % hop
-                entry = blocks.get(bs)
-                if entry is not None and ps < entry[1]:
-                    del blocks[bs]  # it folded this pane without the new share: fold again when read
-        if self._heads:
-            for size in [size for size, head in self._heads.items() if head[0] <= ps < head[2]]:
-                del self._heads[size]
+        if ps < self._folded_until:
+            self._drop_folded(ps)
         known = pane.get(key)
         if known is None:
             pane[key] = reach
         else:
             known.merge(reach)
+
+    def _drop_folded(self, ps: int) -> None:
+        """Drop the blocks and heads that folded pane ps: it is getting a share they do not hold."""
+        for hop, blocks in self._blocks.items():
+            if blocks:
+                bs = ps - ps % hop
+                entry = blocks.get(bs)
+                if entry is not None and ps < entry[1]:
+                    del blocks[bs]  # folded again when read
+        if self._heads:
+            for size in [size for size, head in self._heads.items() if head[0] <= ps < head[2]]:
+                del self._heads[size]
 
     def last_window_end(self) -> int | None:
         """End of the last window that holds a pane (None without panes)."""
@@ -338,6 +347,7 @@ class PaneWindows:
         for blocks in self._blocks.values():
             blocks.clear()
         self._heads.clear()
+        self._folded_until = _NEVER
 
     def _close_spec(self, size: int, hop: int, starts: list[int], rows: list[WindowRow],
                     extras: dict[tuple, Reach] | None = None) -> None:
@@ -473,6 +483,8 @@ class PaneWindows:
                 owned.add(key)
             acc.merge(reach)
         head[2] += hop
+        if head[2] > self._folded_until:
+            self._folded_until = head[2]
 
     def _close_window(self, size: int, hop: int, start: int, rows: list[WindowRow],
                       extras: dict[tuple, Reach] | None) -> None:
@@ -539,6 +551,8 @@ class PaneWindows:
                     block[key] = acc = Reach()
                 acc.merge(reach)
         entry[1] = part
+        if part > self._folded_until:
+            self._folded_until = part
         return block
 
     @staticmethod
