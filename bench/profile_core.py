@@ -7,8 +7,8 @@ like the worker) through DedupWindowState with the real decoder (validation on),
 takes a changelog delta after every batch like the shell does, merges the pane
 partials into windows with the spike detector (MergeWithSpikes, up to the end of the
 replay's close, step by step), and makes each step's outputs as the shell does: the
-window rows for the topic and the per-tag gauges (stage2_s: merge and delta;
-outputs_s: the outputs).
+window rows for the topic and the per-tag gauges (stage2_s: merge and delta, and
+warm() between batches as the shell calls it; outputs_s: the outputs).
 """
 from __future__ import annotations
 
@@ -71,6 +71,10 @@ def run(messages: list[bytes], take: int, specs, close_step_s: int = CLOSE_STEP)
         partials += len(res.partials)
         msg = orjson.dumps({"src": 0, "wm": state.watermark, "idle": False, "rows": res.partials})
         stage2(lambda: merge.process([(i, msg)]))
+        if merge.warm_due():  # as the shell does after a batch's close steps
+            a = time.perf_counter()
+            merge.warm()
+            times["stage2_s"] += time.perf_counter() - a
     res = state.advance_idle(4_000_000_000)
     msg = orjson.dumps({"src": 0, "wm": state.watermark, "idle": True, "rows": res.partials})
     stage2(lambda: merge.process([(len(messages), msg)]))
