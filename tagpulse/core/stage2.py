@@ -224,14 +224,13 @@ class MergeState:
         final_until = self.final_until
         return final_until is not None and not self.pending() and self.windows.warm_due(final_until)
 
-    def warm(self) -> bool:
+    def warm(self) -> None:
         """Between close steps, prepare part of the next boundary's longer windows (PaneWindows.warm).
 
-        Changes no row and no changelog record; True when more is left for another call."""
+        Changes no row and no changelog record; warm_due() says whether more is left."""
         final_until = self.final_until
-        if final_until is None or self.pending():
-            return False
-        return self.windows.warm(final_until)
+        if final_until is not None and not self.pending():
+            self.windows.warm(final_until)
 
     def _next_stop(self, frontier: int) -> int:
         """How far this close step goes: CLOSE_STEP of window ends, or straight on when nothing is left."""

@@ -447,14 +447,13 @@ class PaneWindows:
                 return True
         return False
 
-    def warm(self, final_to: int) -> bool:
+    def warm(self, final_to: int) -> None:
         """Fold what is final up to final_to into the maps the next close of each sliding size reads.
 
         Panes (or finer blocks) ending by final_to go into that close's last block, and one more
-        block into its head, so a call takes a few hundred ms at most; True when more is left.
-        Only a cache: the rows do not change, whenever and however often this runs.
+        block into its head, so a call takes a few hundred ms at most (warm_due() says whether
+        more is left). Only a cache: the rows do not change, whenever and however often this runs.
         """
-        more = False
         for size, hop in self.specs:
             if hop == self.width:
                 continue
@@ -465,8 +464,6 @@ class PaneWindows:
                 head = self._heads[size] = [end - size, {}, end - size, set()]
             if head[2] < end - hop:
                 self._fold_into_head(head, hop)
-                more = more or head[2] < end - hop
-        return more
 
     def _fold_into_head(self, head: list, hop: int) -> None:
         """Merge the head's next block into it. A key's first block is kept, not copied (a whole
@@ -501,8 +498,8 @@ class PaneWindows:
         last = self._block(hop, last_start)
         end = start + size
         append = rows.append
-        for key, reach in merged.items():
-            other = last.get(key)
+
+        def emit(key: Key, reach: Reach, other: Reach | None) -> None:
             tag, platform = key
             extra = extras.pop((size, start, tag, platform), None) if extras is not None else None
             if extra is not None:
@@ -515,17 +512,12 @@ class PaneWindows:
                 append((tag, platform, size, start, end, *reach.row_values()))
             else:
                 append((tag, platform, size, start, end, *union_row_values(reach, other)))
+
+        for key, reach in merged.items():
+            emit(key, reach, last.get(key))
         for key, reach in last.items():
-            if key in merged:
-                continue
-            tag, platform = key
-            extra = extras.pop((size, start, tag, platform), None) if extras is not None else None
-            if extra is not None:
-                alone = reach.copy()
-                alone.merge(extra)
-                append(alone.row(tag, platform, size, start))
-            else:
-                append((tag, platform, size, start, end, *reach.row_values()))
+            if key not in merged:
+                emit(key, reach, None)
 
     def _block(self, hop: int, start: int, upto: int | None = None) -> dict[Key, Reach]:
         """The panes of [start, start + hop) merged per key; with `upto`, only the parts ending by
