@@ -345,21 +345,27 @@ async def _live_produce(bootstrap: str, topic: str, pool: list[dict], rate: floa
 
 
 async def _read_windows(bootstrap: str, topic: str, stop: asyncio.Event, out: list) -> None:
+    """(window size, window end, time read) of every row of the windows topic.
+
+    A message is only stamped when read and decoded after the run: decoding a boundary's rows
+    here took most of a core of this process at the very moment it measures, on the same two
+    cores as the pipeline, and delayed the reads that followed."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, isolation_level="read_committed",
                                 auto_offset_reset="earliest", group_id=None, enable_auto_commit=False)
     await consumer.start()
+    read: list[tuple[float, bytes]] = []
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=100)
             now = time.time()
             for messages in batch.values():
-                for m in messages:
-                    for row in window_rows_of(m.value):
-                        out.append((row["window_size"], row["window_end"], now))
+                read.extend((now, m.value) for m in messages)
     finally:
         await consumer.stop()
+    for now, value in read:
+        out.extend((row["window_size"], row["window_end"], now) for row in window_rows_of(value))
 
 
 def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, workers: int) -> dict:
