@@ -177,13 +177,14 @@ def row_key(row: dict) -> tuple:
     return (row["tag"], row["platform"], row["window_size"], row["window_start"])
 
 
-def union_row_values(a: Reach, b: Reach) -> tuple:
+def union_row_values(a: Reach, b: Reach, a_reach: int | None = None) -> tuple:
     """row_values() of a and b merged, without building the merged author map (a head holds an
-    hour or a day of authors; copying it for every key at a boundary was most of a close)."""
+    hour or a day of authors; copying it for every key at a boundary was most of a close).
+    `a_reach`: the sum of a's follower counts, when known (a warmed head's, summed before)."""
     posts, shares = a.posts + b.posts, a.shares + b.shares
     mine, theirs = a.authors, b.authors
     common = mine.keys() & theirs.keys()
-    reach = sum(mine.values()) + sum(theirs.values())
+    reach = (sum(mine.values()) if a_reach is None else a_reach) + sum(theirs.values())
     if common:
         reach -= sum([min(mine[author], theirs[author]) for author in common])  # max(x, y) = x + y - min(x, y)
     return (posts, posts - shares, shares, len(mine) + len(theirs) - len(common), reach,
@@ -224,11 +225,13 @@ class PaneWindows:
     hop wider than a pane are assembled from cached hop *blocks* (the panes of
     [start, start + hop) merged), so a 24 h window costs at most 24 merges, not 1440.
 
-    Live, a boundary closes one window per key and size, and every block of it but the
-    last is final a hop earlier: warm() merges them (the window's *head*) and folds the
-    last block's panes as they become final, between boundaries, so the close itself
-    folds the last pane and merges two maps per key. Blocks and heads are a cache: a
-    pane that gets a share after it was folded drops what holds it.
+    Live, a boundary closes one window per key and size, and all of it but its last part (a
+    pane, or a finer block) is final before: warm() merges that, between boundaries, into the
+    window's *head* (its blocks but the last, one per call, then the last block's parts as they
+    become final) and sums each key's follower counts once it is complete. The close then
+    reads two maps per key, the head and the last part, and walks only the last part's authors:
+    a top tag's hour of authors is neither copied nor walked at the boundary. Blocks and heads are a
+    cache: a pane that gets a share after it was folded drops what holds it.
     """
 
     def __init__(self, specs: Iterable[WindowSpec]):
@@ -244,8 +247,9 @@ class PaneWindows:
         # anyway (12 merges per key instead of 60), when a finer hop divides this one.
         self._finer: dict[int, int | None] = {
             hop: max((h for h in self._blocks if h < hop and hop % h == 0), default=None) for hop in self._blocks}
-        # size -> [window start, key map, next block start, keys whose Reach the map owns]:
-        # the blocks of that size's next window but its last, merged (warm(), _close_window())
+        # size -> [window start, key map, folded up to, keys whose Reach the map owns, follower sums]:
+        # that size's next window but its last part, merged (warm(), _close_window()); the sums per
+        # key once nothing but the last part is left (None before)
         self._heads: dict[int, list] = {}
         # No block or head holds a pane starting at or after this: a share for a newer pane (live,
         # nearly all of them) needs no look at the cache.
@@ -433,42 +437,54 @@ class PaneWindows:
                     append((tag, platform, size, start, start + size, *body[ROW_POSTS:]))
 
     def warm_due(self, final_to: int) -> bool:
-        """Whether warm(final_to) has anything to fold."""
+        """Whether warm(final_to) has anything to do."""
+        return any(self._warm_plan(final_to))
+
+    def warm(self, final_to: int) -> None:
+        """Fold what is final up to final_to into the head the next close of each sliding size reads.
+
+        One block per call into the head while it lacks blocks, then the last block's parts that are
+        final, and the follower sums once only the last part is left: a call takes a few hundred ms
+        at most (warm_due() says whether more is left). Only a cache: the rows do not change,
+        whenever and however often this runs.
+        """
+        for size, hop, end, head in self._warm_plan(final_to):
+            if head is None or head[0] != end - size:
+                head = self._heads[size] = [end - size, {}, end - size, set(), None]
+            if head[2] < end - hop:
+                self._fold_into_head(head, hop)
+                continue
+            step = self._finer[hop] or self.width
+            while head[2] + step <= min(end - step, final_to):
+                self._fold_part_into_head(head, hop)
+            if head[2] == end - step and head[4] is None:
+                head[4] = {key: sum(reach.authors.values()) for key, reach in head[1].items()}
+
+    def _warm_plan(self, final_to: int) -> Iterator[tuple[int, int, int, list | None]]:
+        """(size, hop, next window end, head) of each sliding size whose head warm() would change."""
         for size, hop in self.specs:
             if hop == self.width:
                 continue
             end = (final_to // hop + 1) * hop  # the next window end of this spec
-            entry = self._blocks[hop].get(end - hop)
-            part = end - hop if entry is None else entry[1]
-            if part + (self._finer[hop] or self.width) <= min(end, final_to):
-                return True
             head = self._heads.get(size)
-            if end - size < end - hop and (head is None or head[0] != end - size or head[2] < end - hop):
-                return True
-        return False
-
-    def warm(self, final_to: int) -> None:
-        """Fold what is final up to final_to into the maps the next close of each sliding size reads.
-
-        Panes (or finer blocks) ending by final_to go into that close's last block, and one more
-        block into its head, so a call takes a few hundred ms at most (warm_due() says whether
-        more is left). Only a cache: the rows do not change, whenever and however often this runs.
-        """
-        for size, hop in self.specs:
-            if hop == self.width:
-                continue
-            end = (final_to // hop + 1) * hop
-            self._block(hop, end - hop, upto=final_to)
-            head = self._heads.get(size)
-            if head is None or head[0] != end - size:
-                head = self._heads[size] = [end - size, {}, end - size, set()]
-            if head[2] < end - hop:
-                self._fold_into_head(head, hop)
+            step = self._finer[hop] or self.width
+            if (head is None or head[0] != end - size or head[2] + step <= min(end - step, final_to)
+                    or (head[2] == end - step and head[4] is None)):
+                yield size, hop, end, head
 
     def _fold_into_head(self, head: list, hop: int) -> None:
-        """Merge the head's next block into it. A key's first block is kept, not copied (a whole
-        block is not changed again: a late share drops it and the head); the second copies it."""
-        block = self._block(hop, head[2])
+        """Merge the head's next block into it."""
+        self._fold_map_into_head(head, self._block(hop, head[2]), hop)
+
+    def _fold_part_into_head(self, head: list, hop: int) -> None:
+        """Merge the head's next part of its last block (a pane or a finer block) into it."""
+        finer = self._finer[hop]
+        part = self._block(finer, head[2]) if finer else self.panes.get(head[2])
+        self._fold_map_into_head(head, part or {}, finer or self.width)
+
+    def _fold_map_into_head(self, head: list, block: dict[Key, Reach], span: int) -> None:
+        """A key's first map is kept, not copied (a folded pane or block is not changed again: a late
+        share drops it and the head); the second copies it."""
         merged, owned = head[1], head[3]
         for key, reach in block.items():
             acc = merged.get(key)
@@ -479,27 +495,33 @@ class PaneWindows:
                 merged[key] = acc = acc.copy()
                 owned.add(key)
             acc.merge(reach)
-        head[2] += hop
+        head[2] += span
+        head[4] = None
         if head[2] > self._folded_until:
             self._folded_until = head[2]
 
     def _close_window(self, size: int, hop: int, start: int, rows: list[WindowRow],
                       extras: dict[tuple, Reach] | None) -> None:
-        """The rows of one window of a sliding spec: its head (warmed or merged now) and its last block.
+        """The rows of one window of a sliding spec: its head (warmed or merged now) and its last part.
 
         Rows come in the order _close_spec gives them (keys by their first block)."""
-        last_start = start + size - hop
-        head = self._heads.pop(size, None)
-        if head is None or head[0] != start:
-            head = [start, {}, start, set()]
-        while head[2] < last_start:
-            self._fold_into_head(head, hop)
-        merged: dict[Key, Reach] = head[1]
-        last = self._block(hop, last_start)
         end = start + size
+        step = self._finer[hop] or self.width
+        last_part = end - step
+        head = self._heads.pop(size, None)
+        if head is None or head[0] != start or head[2] > last_part:
+            head = [start, {}, start, set(), None]
+        while head[2] < end - hop:
+            self._fold_into_head(head, hop)
+        while head[2] < last_part:
+            self._fold_part_into_head(head, hop)
+        merged: dict[Key, Reach] = head[1]
+        sums: dict[Key, int] = head[4] or {}
+        finer = self._finer[hop]
+        last = (self._block(finer, last_part) if finer else self.panes.get(last_part)) or {}
         append = rows.append
 
-        def emit(key: Key, reach: Reach, other: Reach | None) -> None:
+        def emit(key: Key, reach: Reach, other: Reach | None, reach_sum: int | None) -> None:
             tag, platform = key
             extra = extras.pop((size, start, tag, platform), None) if extras is not None else None
             if extra is not None:
@@ -508,16 +530,20 @@ class PaneWindows:
                     alone.merge(other)
                 alone.merge(extra)
                 append(alone.row(tag, platform, size, start))
-            elif other is None:
+            elif other is not None:
+                append((tag, platform, size, start, end, *union_row_values(reach, other, reach_sum)))
+            elif reach_sum is None:
                 append((tag, platform, size, start, end, *reach.row_values()))
             else:
-                append((tag, platform, size, start, end, *union_row_values(reach, other)))
+                posts, shares = reach.posts, reach.shares
+                append((tag, platform, size, start, end, posts, posts - shares, shares, len(reach.authors),
+                        reach_sum, reach.impressions, reach.engagement))
 
         for key, reach in merged.items():
-            emit(key, reach, last.get(key))
+            emit(key, reach, last.get(key), sums.get(key))
         for key, reach in last.items():
             if key not in merged:
-                emit(key, reach, None)
+                emit(key, reach, None, None)
 
     def _block(self, hop: int, start: int, upto: int | None = None) -> dict[Key, Reach]:
         """The panes of [start, start + hop) merged per key; with `upto`, only the parts ending by
