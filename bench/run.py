@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -368,9 +369,55 @@ async def _read_windows(bootstrap: str, topic: str, stop: asyncio.Event, out: li
         out.extend((row["window_size"], row["window_end"], now) for row in window_rows_of(value))
 
 
-def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, workers: int) -> dict:
+def _load_history(ns: Namespace, pool: list[dict], seconds: float, rate: float, pipeline) -> dict:
+    """Posts dated over the last `seconds` before now, `rate` a second of event time, replayed
+    before the live part; returns once the workers and the sink have caught up with them.
+
+    Without it the live part measures windows a few minutes old: its 1 h windows hold one or two
+    5-minute blocks. With an hour of history every 1 h window closed live spans twelve blocks,
+    as on a pipeline that has run for an hour, and a day window closed live holds hour blocks."""
+    n = int(seconds * rate)
+    start = time.time() - seconds
+    posts = []
+    for i in range(n):
+        post = dict(pool[i % len(pool)])
+        post["post_id"] = f"hist{i}"
+        post["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start + i / rate))
+        posts.append(post)
+    messages = kafka_io.batch_messages(kafka_io.route(posts, ns.settings.partitions))
+    began = time.monotonic()
+    asyncio.run(kafka_io.load(ns.bootstrap, [ns.settings.topics.raw], messages))
+    topics = ns.settings.topics
+
+    def caught_up() -> bool:
+        async def lags() -> list[int]:
+            out = []
+            for topic in (topics.raw, topics.partial_windows):
+                ends = await kafka_io.end_offsets(ns.bootstrap, topic)
+                done = await kafka_io.committed(ns.bootstrap, ns.settings.app_id, topic)
+                out += [end - done.get(p, 0) for p, end in ends.items()]
+            return out
+        # A transactional input (the partial windows) ends with a commit marker after the last record.
+        return max(asyncio.run(lags()), default=1) <= 1
+
+    wait_for(caught_up, 1800, "the workers to replay the history", pipeline=pipeline, step=1.0)
+    replayed = time.monotonic() - began
+    stored = -1
+    while True:  # the sink's inserts of the history's rows would otherwise run into the live part
+        time.sleep(3.0)
+        count = ns.sql("SELECT count() FROM tagpulse.reach_windows")[0][0]
+        if count == stored:
+            break
+        stored = count
+    return {"seconds": seconds, "rate_posts_per_s": rate, "posts": n,
+            "replayed_s": round(replayed, 1), "in_clickhouse_s": round(time.monotonic() - began, 1)}
+
+
+def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, workers: int,
+                history_s: float = 0.0, history_rate: float = 0.0) -> dict:
     pipeline = ns.pipeline()
     grace = ns.settings.grace_s
+    history = None
     try:
         asyncio.run(ns.create_topics())
         pipeline.start_sink()
@@ -386,6 +433,14 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
         # that follows would move partitions (and their state) while the clock runs.
         wait_for(lambda: asyncio.run(kafka_io.group_members(ns.bootstrap, ns.settings.app_id)) == ("Stable", workers),
                  180, "every worker in the consumer group", pipeline=pipeline, step=0.5)
+        if history_s and history_rate:
+            history = _load_history(ns, pool, history_s, history_rate, pipeline)
+        # This process holds the generated posts (millions of objects in a full run): a full
+        # collection of them took most of a core for up to a second, stalling the live producer and
+        # the reader on the cores the pipeline shares. Nothing of it is garbage: exempt it.
+        gc.collect()
+        gc.freeze()
+        live_from = time.time()
 
         async def go():
             stop = asyncio.Event()
@@ -402,13 +457,17 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
             await watcher
             return sent, rows, visible
 
-        sent, rows, visible = asyncio.run(go())
+        try:
+            sent, rows, visible = asyncio.run(go())
+        finally:
+            gc.unfreeze()
         pipeline.check_alive()
         restart = _restart_after_live(ns, pipeline, pool)
     finally:
         pipeline.stop()
-    # Only 1-minute windows that closed while posts were still flowing (not via the idle timeout).
-    ends = sorted({end for size, end, _ in rows if size == 60})
+    # Only 1-minute windows of the live part that closed while posts were still flowing (not via
+    # the idle timeout); the history's windows closed in its replay.
+    ends = sorted({end for size, end, _ in rows if size == 60 and end > live_from})
     counted = set(ends[:-1])
     # Per window end, so a late boundary shows which one it was (a 5-minute or hour boundary also
     # closes the 1 h or 24 h windows in the same step).
@@ -419,15 +478,15 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
     lat = sorted(x for v in per_end.values() for x in v)
     if not lat:
         return {"rate": round(rate), "seconds": seconds, "posts_sent": sent, "error": "no 1-minute window closed",
-                "restart_after_live": restart}
+                "history": history, "restart_after_live": restart}
     in_clickhouse = sorted(seen - (end + grace) for end, seen in visible if end in counted)
-    by_size = latency_by_size(rows, max(counted), grace)
+    by_size = latency_by_size([r for r in rows if r[1] > live_from], max(counted), grace)
     boundaries = [{"window_end": time.strftime("%H:%M:%S", time.gmtime(end)), "rows": len(v),
                    "first_s": round(min(v), 3), "last_s": round(max(v), 3),
                    "also_closing": [f"{size}s" for size, hop in ns.settings.windows if size != 60 and end % hop == 0]}
                   for end, v in sorted(per_end.items())]
     return {"rate_posts_per_s": round(rate), "seconds": seconds, "posts_sent": sent, "rows": len(lat),
-            "windows": len(counted), "p50_s_after_end_plus_grace": _pct(lat, 0.50),
+            "windows": len(counted), "history": history, "p50_s_after_end_plus_grace": _pct(lat, 0.50),
             "p99_s_after_end_plus_grace": _pct(lat, 0.99), "max_s_after_end_plus_grace": round(lat[-1], 3),
             "measured_at": "row read from the windows topic", "boundaries": boundaries, "by_window_size": by_size,
             "clickhouse": {"rows": len(in_clickhouse), "p50_s_after_end_plus_grace": _pct(in_clickhouse, 0.50),
@@ -572,6 +631,11 @@ def main(argv=None) -> int:
                         help="length of the live run; every minute gives one more window boundary")
     parser.add_argument("--latency-rate", type=float, default=None,
                         help="posts/s of the latency run (default: half the best end-to-end rate of this run)")
+    parser.add_argument("--latency-history", type=float, default=3600.0,
+                        help="seconds of event time replayed before the live run (0: none), so that its "
+                             "1 h windows span twelve 5-minute blocks")
+    parser.add_argument("--latency-history-rate", type=float, default=250.0,
+                        help="posts per second of event time in that history")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: raw,e2e1,e2e2,anchors,quix,faust,"
                                                    "producer,latency,dedup,restart")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and topics")
@@ -582,6 +646,7 @@ def main(argv=None) -> int:
         args.anchor_posts = args.anchor_posts or 5_000
         args.anchor_budget = min(args.anchor_budget, 20.0)
         args.latency_seconds = min(args.latency_seconds, 75.0)
+        args.latency_history = min(args.latency_history, 300.0)
         args.skip += ",dedup,restart"
     anchor_posts = args.anchor_posts or min(100_000, args.posts)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -651,7 +716,8 @@ def main(argv=None) -> int:
         if "latency" not in skip and best[0]:
             rate = best[0] / 2
             log(f"5 latency at {rate:.0f} posts/s for {args.latency_seconds:.0f}s")
-            result["latency"] = run_latency(ns("lat"), arrivals[:200_000], rate, args.latency_seconds, best[1])
+            result["latency"] = run_latency(ns("lat"), arrivals[:200_000], rate, args.latency_seconds, best[1],
+                                            args.latency_history, args.latency_history_rate)
             log(f"   {result['latency']}")
         if "dedup" not in skip:
             log(f"6 dedup memory for {args.dedup_keys} keys")
