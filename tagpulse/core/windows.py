@@ -225,13 +225,13 @@ class PaneWindows:
     hop wider than a pane are assembled from cached hop *blocks* (the panes of
     [start, start + hop) merged), so a 24 h window costs at most 24 merges, not 1440.
 
-    Live, a boundary closes one window per key and size, and all of it but its last part (a
-    pane, or a finer block) is final before: warm() merges that, between boundaries, into the
-    window's *head* (its blocks but the last, one per call, then the last block's parts as they
-    become final) and sums each key's follower counts once it is complete. The close then
-    reads two maps per key, the head and the last part, and walks only the last part's authors:
-    a top tag's hour of authors is neither copied nor walked at the boundary. Blocks and heads are a
-    cache: a pane that gets a share after it was folded drops what holds it.
+    Live, a boundary closes one window per key and size, and all of it but its last pane is final
+    before: warm() merges that, between boundaries, into the window's *head* (its blocks but the
+    last, one per call, then the last block's finer blocks and panes as they become final) and
+    sums each key's follower counts once it is complete. The close then reads two maps per key,
+    the head and the last pane, and walks only the last pane's authors: a top tag's hour or day of
+    authors is neither copied nor walked at the boundary. Blocks and heads are a cache: a pane
+    that gets a share after it was folded drops what holds it.
     """
 
     def __init__(self, specs: Iterable[WindowSpec]):
@@ -247,6 +247,14 @@ class PaneWindows:
         # anyway (12 merges per key instead of 60), when a finer hop divides this one.
         self._finer: dict[int, int | None] = {
             hop: max((h for h in self._blocks if h < hop and hop % h == 0), default=None) for hop in self._blocks}
+        # hop -> the spans a head folds, coarsest first: (3600, 300, 60) for a day window every hour
+        self._parts: dict[int, tuple[int, ...]] = {}
+        for hop in self._blocks:
+            chain, span = [hop], self._finer[hop]
+            while span is not None:
+                chain.append(span)
+                span = self._finer[span]
+            self._parts[hop] = (*chain, self.width)
         # size -> [window start, key map, folded up to, keys whose Reach the map owns, follower sums]:
         # that size's next window but its last part, merged (warm(), _close_window()); the sums per
         # key once nothing but the last part is left (None before)
@@ -443,21 +451,22 @@ class PaneWindows:
     def warm(self, final_to: int) -> None:
         """Fold what is final up to final_to into the head the next close of each sliding size reads.
 
-        One block per call into the head while it lacks blocks, then the last block's parts that are
-        final, and the follower sums once only the last part is left: a call takes a few hundred ms
-        at most (warm_due() says whether more is left). Only a cache: the rows do not change,
-        whenever and however often this runs.
+        One block per call into the head while it lacks blocks, then the last block's finer blocks and
+        panes that are final, and the follower sums once only the last pane is left: a call takes a
+        few hundred ms at most (warm_due() says whether more is left). Only a cache: the rows do not
+        change, whenever and however often this runs.
         """
         for size, hop, end, head in self._warm_plan(final_to):
             if head is None or head[0] != end - size:
                 head = self._heads[size] = [end - size, {}, end - size, set(), None]
-            if head[2] < end - hop:
-                self._fold_into_head(head, hop)
+            span = self._next_part(hop, end, head[2])
+            if span == hop:
+                self._fold_part_into_head(head, span)
                 continue
-            step = self._finer[hop] or self.width
-            while head[2] + step <= min(end - step, final_to):
-                self._fold_part_into_head(head, hop)
-            if head[2] == end - step and head[4] is None:
+            while span is not None and head[2] + span <= final_to:
+                self._fold_part_into_head(head, span)
+                span = self._next_part(hop, end, head[2])
+            if span is None and head[4] is None:
                 head[4] = {key: sum(reach.authors.values()) for key, reach in head[1].items()}
 
     def _warm_plan(self, final_to: int) -> Iterator[tuple[int, int, int, list | None]]:
@@ -467,20 +476,25 @@ class PaneWindows:
                 continue
             end = (final_to // hop + 1) * hop  # the next window end of this spec
             head = self._heads.get(size)
-            step = self._finer[hop] or self.width
-            if (head is None or head[0] != end - size or head[2] + step <= min(end - step, final_to)
-                    or (head[2] == end - step and head[4] is None)):
+            if head is None or head[0] != end - size:
+                yield size, hop, end, head
+                continue
+            span = self._next_part(hop, end, head[2])
+            if (head[4] is None) if span is None else head[2] + span <= final_to:
                 yield size, hop, end, head
 
-    def _fold_into_head(self, head: list, hop: int) -> None:
-        """Merge the head's next block into it."""
-        self._fold_map_into_head(head, self._block(hop, head[2]), hop)
+    def _next_part(self, hop: int, end: int, at: int) -> int | None:
+        """The span of the part a head folded up to `at` takes next, for its window ending at `end`:
+        blocks of the hop up to the window's last block, that block's finer blocks up to its last
+        one, then panes up to the last pane, which the close reads (None: nothing but it is left)."""
+        for span in self._parts[hop]:
+            if at + span <= end - span:
+                return span
+        return None
 
-    def _fold_part_into_head(self, head: list, hop: int) -> None:
-        """Merge the head's next part of its last block (a pane or a finer block) into it."""
-        finer = self._finer[hop]
-        part = self._block(finer, head[2]) if finer else self.panes.get(head[2])
-        self._fold_map_into_head(head, part or {}, finer or self.width)
+    def _fold_part_into_head(self, head: list, span: int) -> None:
+        """Merge the head's next part (a block of `span`, or a pane) into it."""
+        self._fold_map_into_head(head, self._block(span, head[2]), span)
 
     def _fold_map_into_head(self, head: list, block: dict[Key, Reach], span: int) -> None:
         """A key's first map is kept, not copied (a folded pane or block is not changed again: a late
@@ -506,19 +520,19 @@ class PaneWindows:
 
         Rows come in the order _close_spec gives them (keys by their first block)."""
         end = start + size
-        step = self._finer[hop] or self.width
-        last_part = end - step
         head = self._heads.pop(size, None)
-        if head is None or head[0] != start or head[2] > last_part:
+        if head is None or head[0] != start or head[2] > end - self.width:
             head = [start, {}, start, set(), None]
-        while head[2] < end - hop:
-            self._fold_into_head(head, hop)
-        while head[2] < last_part:
-            self._fold_part_into_head(head, hop)
+        parts = self._parts[hop]
+        while (span := self._next_part(hop, end, head[2])) is not None:
+            if span == self.width and len(parts) > 2 and head[2] == end - parts[-2]:
+                # Not warmed into the last finer block (a replay): read that block whole, which the
+                # finer spec's windows build anyway, rather than fold its panes into this head.
+                break
+            self._fold_part_into_head(head, span)
         merged: dict[Key, Reach] = head[1]
         sums: dict[Key, int] = head[4] or {}
-        finer = self._finer[hop]
-        last = (self._block(finer, last_part) if finer else self.panes.get(last_part)) or {}
+        last = self._block(end - head[2], head[2])
         append = rows.append
 
         def emit(key: Key, reach: Reach, other: Reach | None, reach_sum: int | None) -> None:
