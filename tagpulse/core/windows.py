@@ -526,8 +526,8 @@ class PaneWindows:
         parts = self._parts[hop]
         while (span := self._next_part(hop, end, head[2])) is not None:
             if span == self.width and len(parts) > 2 and head[2] == end - parts[-2]:
-                # Not warmed into the last finer block (a replay): read that block whole, which the
-                # finer spec's windows build anyway, rather than fold its panes into this head.
+                # Not warmed into the last finer block (a replay): read that block whole, one merge
+                # of its panes, rather than fold them into this head one part at a time.
                 break
             self._fold_part_into_head(head, span)
         merged: dict[Key, Reach] = head[1]
@@ -559,9 +559,8 @@ class PaneWindows:
             if key not in merged:
                 emit(key, reach, None, None)
 
-    def _block(self, hop: int, start: int, upto: int | None = None) -> dict[Key, Reach]:
-        """The panes of [start, start + hop) merged per key; with `upto`, only the parts ending by
-        then (warm(): the others are folded in when the block is read whole)."""
+    def _block(self, hop: int, start: int) -> dict[Key, Reach]:
+        """The panes of [start, start + hop) merged per key, kept for the windows that read it again."""
         if hop == self.width:
             return self.panes.get(start) or {}
         blocks = self._blocks[hop]
@@ -569,7 +568,7 @@ class PaneWindows:
         if entry is None:
             entry = blocks[start] = [{}, start]
         block, part = entry[0], entry[1]
-        end = start + hop if upto is None else min(start + hop, upto)
+        end = start + hop
         finer = self._finer[hop]
         step = finer or self.width
         while part + step <= end:
