@@ -11,6 +11,7 @@ from tagpulse.core.dedup import DedupIndex, key_hash
 from tagpulse.core.stage1 import DedupWindowState, RecordError, epoch_seconds
 from tagpulse.core.stage2 import MergeState
 from tagpulse.core.windows import Reach, oracle_windows, pane_width, row_key, window_row_dict, window_starts
+from windowkit import add_random_post, merged_from_panes
 
 SPECS = ((60, 60), (3600, 300), (86400, 3600))
 T0 = 1432080000  # 2015-05-20T00:00:00Z
@@ -454,31 +455,6 @@ def test_merge_with_spikes_restores_detector_state_from_its_delta():
         assert again.panes == live.panes and again.closed == live.closed and again.offset == live.offset
 
 
-def _brute_force_close(panes: dict, extras: dict, specs, old, new, size=None) -> list[tuple]:
-    """Every window ending in (old, new] merged straight from its panes (plus its share), per key."""
-    rows = []
-    keys = {key for pane in panes.values() for key in pane} | {(k[2], k[3]) for k in extras}
-    for spec_size, hop in specs:
-        if size is not None and spec_size != size:
-            continue
-        ends = range((old // hop + 1) * hop, new + 1, hop)
-        for tag, platform in sorted(keys):
-            for end in ends:
-                start = end - spec_size
-                acc, found = Reach(), False
-                for ps, pane in panes.items():
-                    if start <= ps < end and (tag, platform) in pane:
-                        acc.merge(pane[(tag, platform)])
-                        found = True
-                extra = extras.get((spec_size, start, tag, platform))
-                if extra is not None:
-                    acc.merge(extra)
-                    found = True
-                if found:
-                    rows.append(acc.row(tag, platform, spec_size, start))
-    return rows
-
-
 @pytest.mark.parametrize("case", ["one_block_long_jump", "blocks_far_apart", "late_shares_of_another_size",
                                   "random"])
 def test_close_equals_windows_merged_straight_from_their_panes(case):
@@ -518,7 +494,7 @@ def test_close_equals_windows_merged_straight_from_their_panes(case):
             add(T0 + 60 * rnd.randrange(3 * 24 * 60), f"t{rnd.randrange(12)}", rnd.randrange(100))
         add(T0 + 86400 + 1800, "lonely", 9)  # one block among many panes: day windows walk the clock
         old, new = T0 + 60 * rnd.randrange(60), T0 + 4 * 86400
-    expected = _brute_force_close(panes, extras, specs, old, new)
+    expected = merged_from_panes(panes, extras, specs, old, new)
     rows = windows.close(old, new, {k: v.copy() for k, v in extras.items()})
     assert sorted(rows) == sorted(expected) and rows
     for key in {row[:3] for row in rows}:
@@ -544,11 +520,7 @@ def test_warmed_live_closes_equal_cold_ones_and_windows_merged_straight_from_the
     warmed_some = 0
 
     def add(ps, tag):
-        reach = Reach()
-        reach.add_post(f"u{rnd.randrange(6)}", rnd.randrange(100), rnd.random() < 0.3, rnd.randrange(4))
-        panes.setdefault(ps, {}).setdefault((tag, "twitter"), Reach()).merge(reach)
-        warmed.add(ps, (tag, "twitter"), reach.copy())
-        cold.add(ps, (tag, "twitter"), reach.copy())
+        add_random_post(rnd, panes, (warmed, cold), ps, tag)
 
     closed = T0 - 60
     for minute in range(150):
@@ -565,7 +537,7 @@ def test_warmed_live_closes_equal_cold_ones_and_windows_merged_straight_from_the
             for target in (extras, warm_extras, cold_extras):
                 target.setdefault(key, Reach()).merge(share.copy())
         new = now + 60
-        expected = _brute_force_close(panes, extras, specs, closed, new)
+        expected = merged_from_panes(panes, extras, specs, closed, new)
         rows, cold_rows = warmed.close(closed, new, warm_extras), cold.close(closed, new, cold_extras)
         assert rows == cold_rows
         assert sorted(rows) == sorted(expected)

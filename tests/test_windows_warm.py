@@ -16,31 +16,9 @@ import pytest
 
 from tagpulse.core.stage2 import MergeState
 from tagpulse.core.windows import PaneWindows, Reach
+from windowkit import add_random_post, merged_from_panes
 
 T0 = 1432080000
-
-
-def _merged_from_panes(panes, extras, specs, old, new, size=None):
-    rows = []
-    keys = {key for pane in panes.values() for key in pane} | {(k[2], k[3]) for k in extras}
-    for spec_size, hop in specs:
-        if size is not None and spec_size != size:
-            continue
-        for end in range((old // hop + 1) * hop, new + 1, hop):
-            start = end - spec_size
-            for tag, platform in keys:
-                acc, found = Reach(), False
-                for ps, pane in panes.items():
-                    if start <= ps < end and (tag, platform) in pane:
-                        acc.merge(pane[(tag, platform)])
-                        found = True
-                extra = extras.get((spec_size, start, tag, platform))
-                if extra is not None:
-                    acc.merge(extra)
-                    found = True
-                if found:
-                    rows.append(acc.row(tag, platform, spec_size, start))
-    return rows
 
 
 def _random_specs(rnd):
@@ -66,11 +44,7 @@ def test_warm_at_odd_times_never_changes_a_close(seed):
     warm_calls = 0
 
     def add(ps, tag):
-        reach = Reach()
-        reach.add_post(f"u{rnd.randrange(8)}", rnd.randrange(100), rnd.random() < 0.3, rnd.randrange(4))
-        panes.setdefault(ps, {}).setdefault((tag, "tw"), Reach()).merge(reach)
-        warmed.add(ps, (tag, "tw"), reach.copy())
-        cold.add(ps, (tag, "tw"), reach.copy())
+        add_random_post(rnd, panes, (warmed, cold), ps, tag, platform="tw", authors=8)
 
     closed, now = T0 - width, T0
     for step in range(160):
@@ -96,7 +70,7 @@ def test_warm_at_odd_times_never_changes_a_close(seed):
             if rnd.random() < 0.3:  # panes keep arriving after a warm that looked ahead
                 add(rnd.choice([now, now - width, now + width]), f"t{rnd.randrange(5)}")
         for size in [None] if rnd.random() < 0.5 else [s for s, _ in specs]:
-            expected = _merged_from_panes(panes, extras, specs, closed, new, size)
+            expected = merged_from_panes(panes, extras, specs, closed, new, size)
             rows = warmed.close(closed, new, warm_extras, size=size)
             assert rows == cold.close(closed, new, cold_extras, size=size), (seed, step)
             assert sorted(rows) == sorted(expected), (seed, step)
