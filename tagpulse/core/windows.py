@@ -240,8 +240,8 @@ class PaneWindows:
         self.min_hop = min(hop for _, hop in self.specs)
         self.panes: dict[int, dict[Key, Reach]] = {}
         self._heap: list[int] = []  # pane starts, for eviction oldest first
-        # hop -> block start -> [key map, start of the first part not folded in yet]
-        self._blocks: dict[int, dict[int, list]] = {
+        # hop -> block start -> its panes merged per key (built whole when first read)
+        self._blocks: dict[int, dict[int, dict[Key, Reach]]] = {
             hop: {} for hop in sorted({hop for _, hop in self.specs if hop != self.width})}
         # A day window's hour blocks come from the 5-minute blocks the hour windows built
         # anyway (12 merges per key instead of 60), when a finer hop divides this one.
@@ -281,10 +281,7 @@ class PaneWindows:
         """Drop the blocks and heads that folded pane ps: it is getting a share they do not hold."""
         for hop, blocks in self._blocks.items():
             if blocks:
-                bs = ps - ps % hop
-                entry = blocks.get(bs)
-                if entry is not None and ps < entry[1]:
-                    del blocks[bs]  # folded again when read
+                blocks.pop(ps - ps % hop, None)  # folded again when read
         if self._heads:
             for size in [size for size, head in self._heads.items() if head[0] <= ps < head[2]]:
                 del self._heads[size]
@@ -564,16 +561,15 @@ class PaneWindows:
         if hop == self.width:
             return self.panes.get(start) or {}
         blocks = self._blocks[hop]
-        entry = blocks.get(start)
-        if entry is None:
-            entry = blocks[start] = [{}, start]
-        block, part = entry[0], entry[1]
+        block = blocks.get(start)
+        if block is not None:
+            return block
+        block = blocks[start] = {}
         end = start + hop
         finer = self._finer[hop]
         step = finer or self.width
-        while part + step <= end:
+        for part in range(start, end, step):
             pane = self._block(finer, part) if finer else self.panes.get(part)
-            part += step
             if not pane:
                 continue
             for key, reach in pane.items():
@@ -581,9 +577,8 @@ class PaneWindows:
                 if acc is None:
                     block[key] = acc = Reach()
                 acc.merge(reach)
-        entry[1] = part
-        if part > self._folded_until:
-            self._folded_until = part
+        if end > self._folded_until:
+            self._folded_until = end
         return block
 
     @staticmethod
