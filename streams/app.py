@@ -246,7 +246,9 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
     async with task.lock:
         state: MergeWithSpikes = task.state
         offset_before = state.offset
+        began = time.perf_counter()
         result = state.process(records)
+        step_s = time.perf_counter() - began
         if state.offset == offset_before and not result.rows:
             return
         # A long jump of the frontier closes in steps, one transaction each, so the sink
@@ -256,7 +258,7 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
         while True:
             last = not state.pending()
             await task.commit_state(stage2_outputs(partition, result), state.offset + 1 if last else None)
-            metrics_stage2(partition, result, state)
+            metrics_stage2(partition, result, state, step_s)
             if last:
                 break
             # The later steps (the 1 h and day windows of every tag, a replay's end) hold the CPU
@@ -264,7 +266,9 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
             # between (the GIL switches every 5 ms): the other partitions' 1-minute rows of the
             # same boundary do not wait for this one's long windows. Only this task touches
             # the partition's state meanwhile: it holds the partition's lock.
+            began = time.perf_counter()
             result = await asyncio.to_thread(state.close_step)
+            step_s = time.perf_counter() - began
         if state.warm_due():
             # Between boundaries, merge what the next boundary's 1 h and day windows will read
             # (their earlier blocks, the panes final by now), a bounded part per batch: that
@@ -406,6 +410,6 @@ def metrics_stage1(partition, result, state) -> None:
     observe.stage1(partition, result, state)
 
 
-def metrics_stage2(partition, result, state) -> None:
+def metrics_stage2(partition, result, state, step_s: float) -> None:
     from streams import observe
-    observe.stage2(partition, result, state)
+    observe.stage2(partition, result, state, step_s)

@@ -10,7 +10,7 @@ import time
 from operator import itemgetter
 
 from tagpulse import metrics as m
-from tagpulse.core.windows import ROW_END
+from tagpulse.core.windows import ROW_END, ROW_SIZE
 
 log = logging.getLogger("tagpulse.streams")
 
@@ -37,6 +37,11 @@ def start_worker_metrics(settings, watch=()) -> int | None:
     return None
 
 
+# Windows that ended longer ago than this close in a replay or a catch-up, not live: their timing
+# line is a debug line, not one per step of a backlog.
+LIVE_CLOSE_S = 600
+
+
 def stage1(partition, result, state) -> None:
     for platform, n in result.posts_in.items():
         m.POSTS_IN.labels(platform=platform).inc(n)
@@ -52,17 +57,33 @@ def stage1(partition, result, state) -> None:
         m.SKIPPED.inc(result.skipped)
     if state.watermark is not None:
         m.WATERMARK_LAG.labels(partition=str(partition)).set(time.time() - state.watermark)
+    if result.partials:
+        end = max(map(itemgetter(0), result.partials)) + state.width
+        after = time.time() - (end + _grace)
+        log.log(logging.INFO if after < LIVE_CLOSE_S else logging.DEBUG,
+                "dedup-window partition %d: pane shares ending by %s UTC committed %.2f s after pane end + grace",
+                partition, time.strftime("%H:%M:%S", time.gmtime(end)), after)
     m.STATE_ENTRIES.labels(kind="dedup_keys").set(len(state.dedup))
     m.STATE_ENTRIES.labels(kind="open_panes").set(len(state.panes))
     m.TRANSACTIONS.inc()
 
 
-def stage2(partition, result, state) -> None:
+def stage2(partition, result, state, step_s: float) -> None:
     now = time.time()
     for (_tag, _platform, size, _start), n in result.late.items():
         m.LATE_EVENTS.labels(window_size=str(size)).inc(n)
     m.STATE_ENTRIES.labels(kind="merge_panes").set(len(state.panes))
     m.TRANSACTIONS.inc()
+    if result.rows:
+        # One size per step (tagpulse.core.stage2); the first step of a batch also applied its records.
+        size = result.rows[0][ROW_SIZE]
+        m.CLOSE_STEP_SECONDS.labels(window_size=str(size)).observe(step_s)
+        end = max(map(itemgetter(ROW_END), result.rows))
+        after = now - (end + _grace)
+        log.log(logging.INFO if after < LIVE_CLOSE_S else logging.DEBUG,
+                "merge partition %d: %d final rows of %d s windows ending by %s UTC, step %.3f s, "
+                "committed %.2f s after window end + grace", partition, len(result.rows), size,
+                time.strftime("%H:%M:%S", time.gmtime(end)), step_s, after)
     if _tags is None:
         return
     # One latency per window end: the rows that end together were emitted together, and a

@@ -34,6 +34,7 @@ from aiokafka.errors import (ConcurrentTransactions, CoordinatorLoadInProgressEr
 from aiokafka.partitioner import murmur2
 
 from tagpulse.kafka_security import client_kwargs
+from tagpulse.metrics import TRANSACTION_SECONDS
 
 log = logging.getLogger("tagpulse.streams")
 
@@ -178,13 +179,18 @@ class PartitionTask:
         """commit() with the state's changelog record: its delta, or a snapshot when one is due
         (see SnapshotSchedule), after which the changelog is truncated to the snapshot."""
         snapshot = self.schedule.due()
+        began = time.perf_counter()
         record = self.state.snapshot() if snapshot else self.state.delta()
+        encoded = time.perf_counter()
         first_offset = await self.commit(outputs, record, next_offset)
+        committed = time.perf_counter()
+        TRANSACTION_SECONDS.labels(stage=self.stage, record="snapshot" if snapshot else "delta").observe(
+            committed - began)
         self.schedule.count(record, snapshot)
         if not snapshot:
             return
-        log.info("%s partition %d: snapshot of %.1f MB at changelog offset %d",
-                 self.stage, self.partition, len(record) / 1e6, first_offset)
+        log.info("%s partition %d: snapshot of %.1f MB at changelog offset %d (encoded in %.2f s, committed in %.2f s)",
+                 self.stage, self.partition, len(record) / 1e6, first_offset, encoded - began, committed - encoded)
         if self._truncation is None or self._truncation.done():
             # In the background: the next batch need not wait for the broker's answer. A truncation
             # still running when the next snapshot comes is simply not repeated (the next one will be).

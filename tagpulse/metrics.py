@@ -64,6 +64,14 @@ WINDOW_CLOSE_LATENCY = _metric(
 STATE_ENTRIES = _metric(Gauge, "tagpulse_state_entries",
                         "Entries held in worker state (kind: dedup_keys, open_panes, merge_panes)", ["kind"])
 TRANSACTIONS = _metric(Counter, "tagpulse_transactions_total", "Kafka transactions committed by the worker")
+TRANSACTION_SECONDS = _metric(
+    Histogram, "tagpulse_transaction_seconds",
+    "Time to encode a partition's changelog record and commit its Kafka transaction (record: delta, snapshot)",
+    ["stage", "record"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+CLOSE_STEP_SECONDS = _metric(
+    Histogram, "tagpulse_close_step_seconds",
+    "Time the merge stage took to assemble one close step's final rows, before their transaction",
+    ["window_size"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
 # ----------------------------------------------------------------------------- sink
 # sinks/service.py still declares these itself (same names and buckets); until it imports them from here they
