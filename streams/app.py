@@ -23,12 +23,13 @@ import msgspec
 import orjson
 
 from streams.transport import App
-from streams.partition_tasks import PartitionLost, PartitionTask, pack_json_arrays, tag_partition
+from streams.partition_tasks import (PartitionLost, PartitionTask, away_from_closes, pack_json_arrays,
+                                     tag_partition)
 from tagpulse import config
 from tagpulse.kafka_security import faust_credentials
 from tagpulse.core.stage1 import DedupWindowState
 from tagpulse.core.merge_spikes import MergeWithSpikes
-from tagpulse.core.windows import IncompatibleState, window_row_arrays
+from tagpulse.core.windows import IncompatibleState, pane_width, window_row_arrays
 
 log = logging.getLogger("tagpulse.streams")
 
@@ -84,6 +85,10 @@ raw_topic = app.topic(topics.raw, value_serializer="raw", key_serializer="raw", 
 partial_topic = app.topic(topics.partial_windows, value_serializer="raw", key_serializer="raw", acks=False)
 
 
+def _snapshot_quiet(now: float) -> bool:
+    return away_from_closes(now, pane_width(settings.windows), settings.grace_s)
+
+
 class NotOwned(Exception):
     """The partition is not ours (any more): its records are someone else's to process."""
 
@@ -120,7 +125,7 @@ class Stage:
                 bootstrap=settings.kafka_bootstrap, app_id=settings.app_id, stage=self.name,
                 source_topic=self.source_topic, partition=partition,
                 changelog_topic=self.changelog_topic, state=self.make_state(partition),
-                snapshot_min_bytes=settings.snapshot_min_bytes))
+                snapshot_min_bytes=settings.snapshot_min_bytes, snapshot_quiet=_snapshot_quiet))
         try:
             task = await opening
         finally:

@@ -15,9 +15,10 @@ stored in the changelog, and a crash at any moment rolls back to a consistent
 
 Once the deltas written since the last snapshot outweigh it (and
 SNAPSHOT_MIN_BYTES), a batch's changelog record is a snapshot of the whole state
-instead, and after its transaction committed the changelog partition is
-truncated to it (DeleteRecords): a restore reads at most about two states'
-worth, however long the worker has run.
+instead (the worker's at a quiet moment between window closes), and after its
+transaction committed the changelog partition is truncated to it
+(DeleteRecords): a restore reads at most about two states' worth, however long
+the worker has run.
 """
 from __future__ import annotations
 
@@ -100,19 +101,41 @@ def pack_json_arrays(rows: list, max_bytes: int = MAX_MESSAGE_BYTES, encode=orjs
 Output = tuple[str, int, bytes]  # topic, partition, value
 
 
+def away_from_closes(now: float, width: int, grace: float) -> bool:
+    """Whether the wall clock is in the quiet part of a pane, from 20 % to 70 % of it after pane end + grace
+    (12–42 s for 1-minute panes).
+
+    Live windows close at pane end + grace, then each size's step and transaction follow for a second
+    or two; a snapshot of tens of MB costs the worker as much again (encoding on the event loop, then a
+    transaction of tens of fragments), so one written at a boundary delayed every partition's rows.
+    The deltas that make a snapshot due are largest at boundaries, so that is where it used to fall."""
+    phase = (now - grace) % width
+    return 0.2 * width <= phase <= 0.7 * width
+
+
 class SnapshotSchedule:
     """When a partition writes a snapshot: once the changelog written after its latest snapshot
     reaches that snapshot's size and min_bytes. The restore counts what it reads, every commit what
     it writes, so a new owner goes on where the previous one left off (a restore alone is not a
-    reason to write a snapshot)."""
+    reason to write a snapshot).
 
-    def __init__(self, min_bytes: int = SNAPSHOT_MIN_BYTES) -> None:
+    With `quiet` (a predicate of the wall clock, e.g. away_from_closes), a due snapshot waits for a
+    commit at a quiet moment, unless the deltas reached twice the threshold (a partition that only
+    commits at boundaries): a restore then reads at most the snapshot plus twice as much again."""
+
+    def __init__(self, min_bytes: int = SNAPSHOT_MIN_BYTES, quiet: Callable[[float], bool] | None = None) -> None:
         self.min_bytes = min_bytes
+        self.quiet = quiet
         self.snapshot_bytes = 0  # size of the latest snapshot (0: none yet)
         self.since_snapshot = 0  # changelog bytes after it
 
-    def due(self) -> bool:
-        return self.since_snapshot >= max(self.min_bytes, self.snapshot_bytes)
+    def due(self, now: float | None = None) -> bool:
+        threshold = max(self.min_bytes, self.snapshot_bytes)
+        if self.since_snapshot < threshold:
+            return False
+        if self.quiet is None or self.since_snapshot >= 2 * threshold:
+            return True
+        return self.quiet(time.time() if now is None else now)
 
     def count(self, record: bytes, snapshot: bool) -> None:
         if snapshot:
@@ -144,7 +167,8 @@ class PartitionTask:
     @classmethod
     async def open(cls, *, bootstrap: str, app_id: str, stage: str, source_topic: str, partition: int,
                    changelog_topic: str, state, producer_config: dict | None = None,
-                   snapshot_min_bytes: int = SNAPSHOT_MIN_BYTES) -> "PartitionTask":
+                   snapshot_min_bytes: int = SNAPSHOT_MIN_BYTES,
+                   snapshot_quiet: Callable[[float], bool] | None = None) -> "PartitionTask":
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             transactional_id=f"{app_id}-{stage}-{partition}",
@@ -157,7 +181,7 @@ class PartitionTask:
             **(producer_config or {}),
         )
         await producer.start()  # init_transactions: fences the previous owner
-        schedule = SnapshotSchedule(snapshot_min_bytes)
+        schedule = SnapshotSchedule(snapshot_min_bytes, snapshot_quiet)
         restored_bytes = 0
 
         def apply(record: bytes) -> None:

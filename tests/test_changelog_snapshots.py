@@ -41,6 +41,32 @@ def test_fragments_are_joined_and_a_record_cut_by_a_truncation_is_dropped():
     assert cut.feed(40, b"small snapshot") == b"small snapshot"  # the tail of nothing: dropped
 
 
+def test_a_due_snapshot_waits_for_the_quiet_part_of_a_pane_but_not_forever():
+    from streams.partition_tasks import SnapshotSchedule, away_from_closes
+
+    # 1-minute panes, 10 s grace: windows close from hh:mm:10 on; quiet from 12 s to 42 s after that.
+    minute = 1_800_000_000 - 1_800_000_000 % 60
+    quiet = [s for s in range(60) if away_from_closes(minute + s, 60, 10)]
+    assert quiet[0] == 22 and quiet[-1] == 52
+    assert not away_from_closes(minute + 10.5, 60, 10)  # a boundary's close steps
+    assert away_from_closes(minute + 2, 10, 0)  # any pane width has a quiet part
+
+    schedule = SnapshotSchedule(min_bytes=1000, quiet=lambda now: away_from_closes(now, 60, 10))
+    schedule.count(b"x" * 999, snapshot=False)
+    assert not schedule.due(minute + 30)  # not enough written since the last snapshot
+    schedule.count(b"x", snapshot=False)
+    assert schedule.due(minute + 30) and not schedule.due(minute + 11)
+    schedule.count(b"x" * 1000, snapshot=False)  # twice the threshold: no more waiting
+    assert schedule.due(minute + 11)
+    schedule.count(b"s" * 1500, snapshot=True)  # the next one is due after as much as this one
+    schedule.count(b"x" * 1499, snapshot=False)
+    assert not schedule.due(minute + 30)
+    assert SnapshotSchedule(min_bytes=10).due() is False
+    unconditional = SnapshotSchedule(min_bytes=10)
+    unconditional.count(b"x" * 10, snapshot=False)
+    assert unconditional.due(minute + 11)  # no quiet predicate: due as soon as enough was written
+
+
 def test_a_stage2_snapshot_is_refused_by_code_that_predates_snapshots():
     """A rollback during a rolling deploy must not add a snapshot to the state it restored so far:
     the snapshot has its own version, which the earlier code refused as unknown."""
