@@ -38,7 +38,7 @@ def start_worker_metrics(settings, watch=()) -> int | None:
 
 
 # Windows that ended longer ago than this close in a replay or a catch-up, not live: their timing
-# line is a debug line, not one per step of a backlog.
+# line is a debug line (not one per step of a backlog), and stage 1 does not wait for their close.
 LIVE_CLOSE_S = 600
 
 
