@@ -440,7 +440,7 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
         # the reader on the cores the pipeline shares. Nothing of it is garbage: exempt it.
         gc.collect()
         gc.freeze()
-        live_from = time.time()
+        live_from = live_until = time.time()
 
         async def go():
             stop = asyncio.Event()
@@ -450,6 +450,8 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
             watcher = asyncio.create_task(asyncio.to_thread(_watch_clickhouse, ns, stop, visible))
             sent = await _live_produce(ns.bootstrap, ns.settings.topics.raw, pool, rate, seconds,
                                        ns.settings.partitions, stop)
+            nonlocal live_until
+            live_until = time.time()
             # The last minute closes only after its end + grace (+ idle timeout once input stops).
             await asyncio.sleep(grace + ns.settings.idle_timeout_s + 5)
             stop.set()
@@ -465,10 +467,11 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
         restart = _restart_after_live(ns, pipeline, pool)
     finally:
         pipeline.stop()
-    # Only 1-minute windows of the live part that closed while posts were still flowing (not via
-    # the idle timeout); the history's windows closed in its replay.
-    ends = sorted({end for size, end, _ in rows if size == 60 and end > live_from})
-    counted = set(ends[:-1])
+    # Only 1-minute windows of the live part that closed while posts were still flowing, i.e. by a
+    # post dated after their end + grace (not via the idle timeout); the history's windows closed
+    # in its replay. (Runs before 2026-12-02 07:00 left out the last window end instead, which
+    # could be one that closed a second or more before the posts stopped.)
+    counted = {end for size, end, _ in rows if size == 60 and live_from < end and end + grace + 1 <= live_until}
     # Per window end, so a late boundary shows which one it was (a 5-minute or hour boundary also
     # closes the 1 h or 24 h windows in the same step).
     per_end: dict[int, list[float]] = {}
