@@ -99,8 +99,10 @@ class LiveCloses:
     Both share the worker's core (one GIL): at half the maximum rate stage 1 kept half of it, and
     with a worker's two partitions closing their 1 h windows at once each step ran at a quarter of
     its speed (0.8–0.9 s for ≈ 0.2 s of CPU). Waiting costs stage 1 nothing it is measured by: the
-    records wait in Kafka, and it catches up in the seconds before the next boundary. Closes of a
-    replay or a catch-up are not held for (see run_stage2): there stage 1 and 2 overlap their I/O.
+    records wait in Kafka, and it catches up in the seconds before the next boundary. Closes of
+    windows older than LIVE_CLOSE_S (a replay, a long catch-up) are not held for (see run_stage2):
+    there stage 1 and 2 overlap their I/O. A shorter catch-up is held for and runs slower, and a
+    close whose transaction keeps retrying holds stage 1 as long (COMMIT_RETRY_SECONDS at most).
     """
 
     def __init__(self) -> None:

@@ -17,8 +17,8 @@ Once the deltas written since the last snapshot outweigh it (and
 SNAPSHOT_MIN_BYTES), a batch's changelog record is a snapshot of the whole state
 instead (the worker's at a quiet moment between window closes), and after its
 transaction committed the changelog partition is truncated to it
-(DeleteRecords): a restore reads at most about two states' worth, however long
-the worker has run.
+(DeleteRecords): a restore reads at most the snapshot plus two states' worth of
+deltas (one usually: see SnapshotSchedule), however long the worker has run.
 """
 from __future__ import annotations
 
@@ -44,8 +44,9 @@ MAX_MESSAGE_BYTES = 900_000
 # Transient broker trouble (restart, leader move) is retried for this long before the worker gives up.
 COMMIT_RETRY_SECONDS = 300.0
 # A partition writes a snapshot once the deltas since its last one reach the snapshot's size and
-# at least this much: writing costs at most twice the deltas, and a restore reads at most the
-# snapshot plus as much again (plus this floor, which keeps small states from snapshotting often).
+# at least this much: writing costs at most twice the deltas, and a restore reads the snapshot plus
+# about as much again (at most twice as much when no quiet moment came; plus this floor, which keeps
+# small states from snapshotting often).
 SNAPSHOT_MIN_BYTES = 64 << 20
 
 
