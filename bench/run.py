@@ -443,6 +443,7 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
         live_from = live_until = time.time()
 
         async def go():
+            nonlocal live_until
             stop = asyncio.Event()
             rows: list = []
             visible: list = []
@@ -450,7 +451,6 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
             watcher = asyncio.create_task(asyncio.to_thread(_watch_clickhouse, ns, stop, visible))
             sent = await _live_produce(ns.bootstrap, ns.settings.topics.raw, pool, rate, seconds,
                                        ns.settings.partitions, stop)
-            nonlocal live_until
             live_until = time.time()
             # The last minute closes only after its end + grace (+ idle timeout once input stops).
             await asyncio.sleep(grace + ns.settings.idle_timeout_s + 5)

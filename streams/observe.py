@@ -75,7 +75,8 @@ def stage2(partition, result, state, step_s: float) -> None:
     m.STATE_ENTRIES.labels(kind="merge_panes").set(len(state.panes))
     m.TRANSACTIONS.inc()
     if result.rows:
-        # One size per step (tagpulse.core.stage2); the first step of a batch also applied its records.
+        # One size per step (tagpulse.core.stage2), labelled by its first row: only a close a restart
+        # interrupted is finished in one result. The first step of a batch also applied its records.
         size = result.rows[0][ROW_SIZE]
         m.CLOSE_STEP_SECONDS.labels(window_size=str(size)).observe(step_s)
         end = max(map(itemgetter(ROW_END), result.rows))
