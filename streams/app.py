@@ -304,24 +304,40 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
             # come again, are skipped as applied, and their process() finishes the close at once.
             while True:
                 last = not state.pending()
-                await task.commit_state(stage2_outputs(partition, result), state.offset + 1 if last else None)
-                metrics_stage2(partition, result, state, step_s)
+                commit = task.begin_commit(stage2_outputs(partition, result), state.offset + 1 if last else None)
                 if last:
+                    await commit
+                    metrics_stage2(partition, result, state, step_s)
                     break
-                # The later steps (the 1 h and day windows of every tag, a replay's end) hold the CPU
-                # for a second or more. In a thread, the event loop keeps fetching and committing in
-                # between (the GIL switches every 5 ms): the other partitions' 1-minute rows of the
-                # same boundary do not wait for this one's long windows. Only this task touches
-                # the partition's state meanwhile: it holds the partition's lock.
-                began = time.perf_counter()
-                result = await asyncio.to_thread(state.close_step)
-                step_s = time.perf_counter() - began
+                # The next step (the 1 h and day windows of every tag, a replay's end) runs in a thread
+                # while this step's transaction goes to the broker: a boundary's 1 h step no longer
+                # waits for the 1-minute commit's round trips, nor the day step for the 1 h one's. The
+                # event loop keeps fetching and committing in between (the GIL switches every 5 ms),
+                # so the other partitions' rows of the same boundary do not wait for this one's long
+                # windows. Only this task touches the partition's state meanwhile: it holds the
+                # partition's lock, and begin_commit took this step's changelog record already.
+                step = asyncio.ensure_future(asyncio.to_thread(timed_close_step, state))
+                try:
+                    await commit
+                except BaseException:
+                    # The caller drops the partition (or the worker): let the thread finish with the
+                    # state first, it must not change under whoever looks at it next.
+                    await asyncio.wait([step])
+                    raise
+                metrics_stage2(partition, result, state, step_s)
+                result, step_s = await step
         if state.warm_due():
             # Between boundaries, merge what the next boundary's 1 h and day windows will read
             # (their earlier blocks, the panes final by now), a bounded part per batch: that
             # close then folds its last pane and merges two maps per key. No rows, no changelog.
             await asyncio.to_thread(state.warm)
         task.last_activity = time.monotonic()
+
+
+def timed_close_step(state: MergeWithSpikes):
+    began = time.perf_counter()
+    result = state.close_step()
+    return result, time.perf_counter() - began
 
 
 def app_tp(topic: str, partition: int):

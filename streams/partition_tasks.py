@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from functools import lru_cache
-from typing import Callable, Iterable
+from typing import Awaitable, Callable, Iterable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -203,10 +203,19 @@ class PartitionTask:
     async def commit_state(self, outputs: Iterable[Output], next_offset: int | None) -> None:
         """commit() with the state's changelog record: its delta, or a snapshot when one is due
         (see SnapshotSchedule), after which the changelog is truncated to the snapshot."""
+        await self.begin_commit(outputs, next_offset)
+
+    def begin_commit(self, outputs: Iterable[Output], next_offset: int | None) -> Awaitable[None]:
+        """commit_state() in two halves: the changelog record is taken now, the transaction runs when
+        the returned awaitable is awaited. The state may change in between (the next close step, in a
+        thread): those changes belong to the next record. Commits of one task stay one at a time."""
         snapshot = self.schedule.due()
         began = time.perf_counter()
         record = self.state.snapshot() if snapshot else self.state.delta()
-        encoded = time.perf_counter()
+        return self._commit_record(list(outputs), record, next_offset, snapshot, began, time.perf_counter())
+
+    async def _commit_record(self, outputs: list[Output], record: bytes, next_offset: int | None,
+                             snapshot: bool, began: float, encoded: float) -> None:
         first_offset = await self.commit(outputs, record, next_offset)
         committed = time.perf_counter()
         TRANSACTION_SECONDS.labels(stage=self.stage, record="snapshot" if snapshot else "delta").observe(
