@@ -138,3 +138,50 @@ def test_a_snapshot_truncates_the_changelog_and_the_next_owner_restores_from_it(
         assert (a.partials, a.duplicates, len(a.unique_posts)) == (b.partials, b.duplicates, len(b.unique_posts))
 
     run(go())
+
+
+@pytest.mark.integration
+def test_a_commit_begun_holds_the_state_as_it_was_then_not_the_next_steps_changes(namespace_settings):
+    """Stage 2 runs its next close step while the last step's transaction commits (streams.app):
+    begin_commit must take the changelog record at once, so a crash after the first transaction
+    restores the state of the first step, and the second record adds exactly the rest."""
+    from streamkit import run
+    from streams.partition_tasks import PartitionTask, restore_changelog
+    from tagpulse.core.stage1 import DedupWindowState
+
+    settings = namespace_settings
+    topic = settings.topics.stage1_state
+    messages = list(batches(2))
+
+    def new_state():
+        return DedupWindowState(0, SPECS, 10, 7 * 86400)
+
+    async def restored():
+        state = new_state()
+        await restore_changelog(settings.kafka_bootstrap, topic, 0, state.apply_delta)
+        return state
+
+    async def go():
+        live = new_state()
+        task = await PartitionTask.open(bootstrap=settings.kafka_bootstrap, app_id=settings.app_id,
+                                        stage="dedup-window", source_topic=settings.topics.raw, partition=0,
+                                        changelog_topic=topic, state=live)
+        try:
+            live.process([(0, messages[0])], "raw")
+            first = task.begin_commit([], None)
+            live.process([(1, messages[1])], "raw")  # the next step, before the first transaction ran
+            await first
+            after_first = await restored()
+            expected = new_state()
+            expected.process([(0, messages[0])], "raw")
+            assert after_first.offset == 0 and after_first.panes == expected.panes
+            assert sorted(after_first.dedup.items()) == sorted(expected.dedup.items())
+
+            await task.begin_commit([], None)
+            after_second = await restored()
+            assert after_second.offset == live.offset == 1 and after_second.panes == live.panes
+            assert sorted(after_second.dedup.items()) == sorted(live.dedup.items())
+        finally:
+            await task.close()
+
+    run(go())
