@@ -250,6 +250,8 @@ async def run_stage1(partition: int, records: list[tuple[int, bytes]]) -> None:
         result = state.process(records, topics.raw)
         if state.offset == offset_before:
             return  # every record was applied before (redelivery after a restart)
+        if settings.early_ship_s > 0:
+            state.ship_early(state.early_due(time.time(), settings.early_ship_s), result)
         outputs = stage1_outputs(task, result, wm_before, idle_before)
         await task.commit_state(outputs, state.offset + 1)
         task.last_activity = time.monotonic()

@@ -57,12 +57,17 @@ def stage1(partition, result, state) -> None:
         m.SKIPPED.inc(result.skipped)
     if state.watermark is not None:
         m.WATERMARK_LAG.labels(partition=str(partition)).set(time.time() - state.watermark)
-    if result.partials:
-        end = max(map(itemgetter(0), result.partials)) + state.width
+    closing = [ps for ps in map(itemgetter(0), result.partials) if ps not in result.early]
+    if closing:
+        end = max(closing) + state.width
         after = time.time() - (end + _grace)
         log.log(logging.INFO if after < LIVE_CLOSE_S else logging.DEBUG,
                 "dedup-window partition %d: pane shares ending by %s UTC committed %.2f s after pane end + grace",
                 partition, time.strftime("%H:%M:%S", time.gmtime(end)), after)
+    for ps in result.early:
+        log.debug("dedup-window partition %d: pane shares ending by %s UTC shipped early, %.2f s before pane end",
+                  partition, time.strftime("%H:%M:%S", time.gmtime(ps + state.width)),
+                  ps + state.width - time.time())
     m.STATE_ENTRIES.labels(kind="dedup_keys").set(len(state.dedup))
     m.STATE_ENTRIES.labels(kind="open_panes").set(len(state.panes))
     m.TRANSACTIONS.inc()

@@ -142,6 +142,7 @@ class Settings:
     windows: tuple[tuple[int, int], ...]
     grace_s: int
     idle_timeout_s: float
+    early_ship_s: float
     dedup_ttl_s: int
     snapshot_min_bytes: int
     app_id: str
@@ -192,6 +193,7 @@ def load() -> Settings:
         windows=parse_window_specs(_env("TAGPULSE_WINDOWS", "1m,1h/5m,24h/1h")),
         grace_s=parse_duration(_env("TAGPULSE_GRACE", "10s")),
         idle_timeout_s=_env_float("TAGPULSE_IDLE_TIMEOUT", 5.0),
+        early_ship_s=_env_float("TAGPULSE_EARLY_SHIP", 2.0),
         dedup_ttl_s=parse_duration(_env("TAGPULSE_DEDUP_TTL", "7d")),
         snapshot_min_bytes=_env_int("TAGPULSE_SNAPSHOT_MIN_BYTES", 64 << 20),
         app_id=_env("TAGPULSE_NAMESPACE", "tagpulse"),

@@ -194,3 +194,39 @@ def test_windows_exact_when_a_second_worker_joins_mid_replay(namespace_settings,
     assert sorted(p["post_id"] for p in uniques) == sorted(p["post_id"] for p in posts)
     assert final_rows(rows) == expected
     assert "changelog truncated" in (tmp_path / "worker-1.log").read_text() + (tmp_path / "worker-2.log").read_text()
+
+
+def test_live_panes_shipped_early_and_at_their_close_give_the_oracles_rows(namespace_settings, tmp_path):
+    """Live posts (event time = now): stage 1 ships a pane's shares ahead of its close
+    (TAGPULSE_EARLY_SHIP) and the rest at the close; stage 2's rows are still the oracle's."""
+    from test_windows_core import make_post
+
+    settings = namespace_settings
+    specs = ((10, 10),)  # 10-second windows: a pane closes within seconds
+    env = worker_env(settings, settings.topics.namespace, TAGPULSE_WINDOWS="10s", TAGPULSE_GRACE="5s",
+                     TAGPULSE_EARLY_SHIP="9")
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        run(produce_posts(settings.kafka_bootstrap, settings.topics.raw,
+                          [make_post(0, int(time.time()) - 3600, ["warmup"], 0, 1)], settings.partitions))
+        run(read_all(settings.kafka_bootstrap, settings.topics.unique_posts, until=lambda r: len(r) >= 1))
+        # A pane of 10 s goes early from 1 s after its start (9 s before its end) and closes 5 s after
+        # its end: the first posts go early, the second ones with the close.
+        while not 1 <= time.time() % 10 < 4:
+            time.sleep(0.2)
+        t = int(time.time())
+        first = [make_post(i, t, ["live", f"t{i % 3}"], i % 7, 100 + i) for i in range(1, 60)]
+        run(produce_posts(settings.kafka_bootstrap, settings.topics.raw, first, settings.partitions))
+        early = run(read_all(settings.kafka_bootstrap, settings.topics.stage1_state, rows_of=lambda v: [v[:4]],
+                             until=lambda r: b"TPD4" in r, max_s=30))
+        assert b"TPD4" in early, "stage 1 recorded no pane shipped early"
+        second = [make_post(i, t, ["live", f"t{i % 3}"], i % 11, 50 + i) for i in range(60, 90)]
+        run(produce_posts(settings.kafka_bootstrap, settings.topics.raw, second + first[:5], settings.partitions))
+        posts = first + second
+        expected = oracle_windows(((epoch_seconds(p["created_at"]), p) for p in posts), specs)
+        rows = run(read_all(settings.kafka_bootstrap, settings.topics.windows, rows_of=window_rows_of, max_s=60,
+                            until=lambda r: sum(row["window_start"] >= t - 20 for row in r) >= len(expected)))
+    finally:
+        worker.stop()
+    live = final_rows([row for row in rows if row["window_start"] >= t - 20])
+    assert live == expected

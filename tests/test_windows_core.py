@@ -86,13 +86,13 @@ def test_bulk_key_hashes_equal_key_hash():
     assert key_hashes([], []).tolist() == []
 
 
-def synthetic_stream(n=3000, seed=1, dup_rate=0.05, disorder=8):
+def synthetic_stream(n=3000, seed=1, dup_rate=0.05, disorder=8, max_gap=90):
     rng = random.Random(seed)
     tags = ["einbuchfuerkai", "buchtipp", "lesen", "kafka", "montag"]
     posts = []
     t = T0
     for i in range(n):
-        t += rng.randint(0, 90)
+        t += rng.randint(0, max_gap)
         k = rng.randint(1, 3)
         chosen = rng.sample(tags, k)
         author = rng.randint(1, 400)
@@ -114,12 +114,15 @@ def send(p, res, state, partial_topic, partitions):
                                               "rows": panes, "windows": windows}))
 
 
-def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None, snapshot_every=None):
+def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None, snapshot_every=None, early_seed=None):
     """Route like the producer, run stage 1 per partition, then stage 2, with optional restarts from the changelog.
 
     With snapshot_every, every so many changelog records is a snapshot; restarts then alternate between
     the whole changelog and the part from the last snapshot on (what is left after a truncation).
+    With early_seed, stage 1 ships random open panes early after batches (DedupWindowState.ship_early),
+    some of them several times.
     """
+    early = random.Random(early_seed) if early_seed is not None else None
     snapshots: dict[tuple, int] = {}  # (stage, partition) -> index of the latest snapshot in its log
 
     def changelog(stage, partition, state, log):
@@ -152,6 +155,8 @@ def run_pipeline(arrivals, partitions=3, batch=37, restart_every=None, snapshot_
         state = s1[p]
         wm_before = state.watermark
         res = state.process(records)
+        if early is not None:
+            state.ship_early([ps for ps in state.panes if early.random() < 0.4], res)
         uniques.extend(res.unique_post_dicts())
         late.extend(res.late_rows())
         send(p, res, state, partial_topic, partitions)
@@ -231,6 +236,35 @@ def test_streaming_equals_oracle_across_restarts_from_snapshots_and_truncated_ch
     rows, late, _ = run_pipeline(arrivals, restart_every=2, snapshot_every=3)
     expected = oracle_windows(((epoch_seconds(p["created_at"]), p) for p in posts), SPECS)
     assert rows == expected and late == []
+
+
+@pytest.mark.parametrize("snapshot_every", [None, 3])
+def test_panes_shipped_early_give_the_same_rows_across_restarts(snapshot_every):
+    # Posts seconds apart and small batches: a pane spans several batches and changelog records, so
+    # restores meet panes emptied by an early shipment after earlier records folded posts into them.
+    posts, arrivals = synthetic_stream(seed=13, max_gap=4)
+    rows, late, _ = run_pipeline(arrivals, batch=2, restart_every=2, snapshot_every=snapshot_every, early_seed=5)
+    expected = oracle_windows(((epoch_seconds(p["created_at"]), p) for p in posts), SPECS)
+    assert rows == expected and late == []
+
+
+def test_a_pane_goes_early_once_shortly_before_its_end_and_never_in_a_replay():
+    state = DedupWindowState(0, SPECS, 10, 7 * 86400, decode=passthrough)
+    t = T0 - T0 % 60
+    state.process([(0, orjson.dumps([make_post(1, t + 5, ["a"], 1, 10), make_post(2, t + 30, ["b"], 2, 20)]))])
+    assert state.early_due(t + 50, lead=5) == []  # more than 5 s before the pane's end
+    assert state.early_due(t + 56, lead=5) == [t]
+    assert state.early_due(t + 75, lead=5) == []  # past end + grace: the close ships it (a replay)
+    res = state.process([(1, orjson.dumps([make_post(3, t + 40, ["a"], 3, 30)]))])
+    state.ship_early(state.early_due(t + 56, lead=5), res)
+    assert sorted((p[1], p[3]) for p in res.partials) == [("a", 2), ("b", 1)] and res.early == {t}
+    assert state.panes[t] == {} and state.early_due(t + 57, lead=5) == []  # once
+    delta = state.delta()
+    assert delta[:4] == b"TPD4"  # a tagpulse from before refuses it
+    state.process([(2, orjson.dumps([make_post(4, t + 58, ["a"], 4, 40)]))])
+    assert state.delta()[:4] == b"TPD3"
+    closing = state.process([(3, orjson.dumps([make_post(5, t + 80, ["c"], 5, 50)]))])
+    assert [(p[0], p[1], p[3]) for p in closing.partials] == [(t, "a", 1)] and not closing.early
 
 
 def test_late_post_is_counted_and_not_folded_into_closed_windows():

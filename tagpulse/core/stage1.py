@@ -75,6 +75,10 @@ def _epoch_cached(created_at: str) -> int:
 # live partition (a batch every 0.1 s, each touching the busy tags' minute-old panes)
 # wrote as many changelog bytes as raw posts came in. TPD2 records are still read.
 DELTA_MAGIC = b"TPD3"
+# A delta that empties panes shipped ahead of their close (ship_early): the same layout plus "z", the
+# panes to empty before its folds are applied. Its own magic, so that a tagpulse from before refuses
+# it rather than keep the posts it shipped early and ship them again at the close.
+EARLY_DELTA_MAGIC = b"TPD4"
 _PANE_SNAPSHOTS_MAGIC = b"TPD2"
 # A snapshot (TPS1) is the whole state in the same layout: every open pane whole, every dedup
 # key. Restoring one starts from nothing, so the changelog before it can be deleted.
@@ -89,6 +93,7 @@ class Stage1Result:
     dead_letters: list[dict] = field(default_factory=list)
     late: dict[tuple, int] = field(default_factory=dict)  # (tag, platform, size, start) -> events
     partials: list[list] = field(default_factory=list)  # pane shares: [pane_start, tag, platform, *Reach.to_list()]
+    early: set[int] = field(default_factory=set)  # pane starts of partials shipped ahead of their close
     # (size, start, tag, platform) -> share of posts that came after their pane was shipped
     window_shares: dict[tuple, Reach] = field(default_factory=dict)
     posts_in: dict[str, int] = field(default_factory=dict)  # platform -> valid posts read
@@ -171,7 +176,11 @@ class DedupWindowState:
         # (pane start, platform, author, followers, is_share, engagement, tags) per folded post
         self._folded: list[tuple] = []
         self._evicted: list[int] = []
+        self._emptied: list[int] = []  # panes shipped early since the last delta (emptied, still open)
         self._expired_to: int | None = None
+        # Panes shipped early by early_due()'s policy: not again (not durable: after a restart a pane
+        # may go early once more, which only splits its shares further).
+        self._early: set[int] = set()
 
     # ----------------------------------------------------------------- input
     def process(self, records: list[tuple[int, bytes]], source: str = "") -> Stage1Result:
@@ -371,8 +380,36 @@ class DedupWindowState:
             pane = self.panes.pop(ps, None)
             if pane is None:
                 continue
+            self._early.discard(ps)
             self._evicted.append(ps)
             result.partials.extend([ps, tag, platform, *reach.to_list()] for (tag, platform), reach in pane.items())
+
+    # ------------------------------------------------------- early shipping
+    def early_due(self, now: float, lead: float) -> list[int]:
+        """Open panes to ship ahead of their close: ending within `lead` seconds of `now` (wall clock)
+        and not closed by then yet, once each. A replay's panes ended long before `now`: none."""
+        width, grace, early = self.width, self.grace, self._early
+        return [ps for ps, pane in self.panes.items()
+                if pane and ps not in early and ps + width - lead <= now < ps + width + grace]
+
+    def ship_early(self, pane_starts: list[int], result: Stage1Result) -> None:
+        """Ship what these open panes hold now as partials, and keep them open, empty.
+
+        Live, a boundary's work waits for the last stage-1 partition's pane shares, and stage 2 merges
+        them before it can close: shipping most of a minute's pane a few seconds before it closes
+        leaves the close only the rest. Stage 2 merges shares of a pane however they are split (sums,
+        and the largest follower count per author), so the rows stay the same."""
+        for ps in pane_starts:
+            pane = self.panes.get(ps)
+            self._early.add(ps)
+            if not pane:
+                continue
+            result.partials.extend([ps, tag, platform, *reach.to_list()] for (tag, platform), reach in pane.items())
+            result.early.add(ps)
+            self.panes[ps] = {}
+            self._emptied.append(ps)
+            # Its posts folded since the last delta left with the shares: a restore must not fold them again.
+            self._folded = [fold for fold in self._folded if fold[0] != ps]
 
     # ------------------------------------------------------------ changelog
     def delta(self) -> bytes:
@@ -388,11 +425,15 @@ class DedupWindowState:
             "x": self._evicted,
             "e": self._expired_to,
         }
+        magic = DELTA_MAGIC
+        if self._emptied:
+            body["z"] = self._emptied
+            magic = EARLY_DELTA_MAGIC
         keys = np.array(self._new_keys, np.int64).tobytes()
         times = np.array([min(max(t, 0), 0xFFFFFFFF) for t in self._new_times], np.uint32).tobytes()
-        self._new_keys, self._new_times, self._folded, self._evicted = [], [], [], []
+        self._new_keys, self._new_times, self._folded, self._evicted, self._emptied = [], [], [], [], []
         head = orjson.dumps(body)
-        return _DELTA_HEAD.pack(DELTA_MAGIC, len(head)) + head + keys + times
+        return _DELTA_HEAD.pack(magic, len(head)) + head + keys + times
 
     def snapshot(self) -> bytes:
         """The whole state as one changelog record (and the tracking reset, as by delta())."""
@@ -407,13 +448,13 @@ class DedupWindowState:
             "x": [],
             "e": self._expired_to,
         }
-        self._new_keys, self._new_times, self._folded, self._evicted = [], [], [], []
+        self._new_keys, self._new_times, self._folded, self._evicted, self._emptied = [], [], [], [], []
         head = orjson.dumps(body)
         return _DELTA_HEAD.pack(SNAPSHOT_MAGIC, len(head)) + head + keys.tobytes() + times.tobytes()
 
     def apply_delta(self, raw: bytes) -> bool:
         """Apply one changelog record; True if it was a snapshot."""
-        if raw[:4] not in (DELTA_MAGIC, _PANE_SNAPSHOTS_MAGIC, SNAPSHOT_MAGIC):
+        if raw[:4] not in (DELTA_MAGIC, EARLY_DELTA_MAGIC, _PANE_SNAPSHOTS_MAGIC, SNAPSHOT_MAGIC):
             raise IncompatibleState(f"stage 1 partition {self.partition}: changelog record of format "
                                     f"{raw[:4]!r}, expected {DELTA_MAGIC!r}")
         if raw[:4] == SNAPSHOT_MAGIC:
@@ -433,6 +474,9 @@ class DedupWindowState:
         self.max_event = body["me"]
         self.watermark = body["wm"]
         self.idle = body["idle"]
+        for ps in body.get("z", ()):  # shipped early: the folds after it are in "f"
+            if ps in self.panes:
+                self.panes[ps] = {}
         self._fold_all(body.get("f", ()))
         for ps, tag, platform, data in body.get("p", ()):  # TPD2 and snapshots: the pane whole
             pane = self.panes.get(ps)
