@@ -10,7 +10,10 @@ through one stage-1 and one stage-2 partition in batches like the worker's, and 
 that emits rows, by window size: the merge step with the spike detector and its changelog delta
 (what runs before the step's transaction). "cold" closes without preparation; "warm" calls
 MergeState.warm() between batches as the worker's shell does (PaneWindows.warm: the next boundary's
-1 h and day windows merged ahead). The two alternate K times; every run must give the same rows.
+1 h and day windows merged ahead); "early" is warm, and stage 1 ships each pane's shares 2 s of event
+time before its end as the live worker does (DedupWindowState.ship_early), the rest at its close; it
+also times stage 1's batches that ship a pane at its close. The variants alternate K times; every run
+must give the same rows.
 Writes bench/results/<timestamp>-live-close.json.
 """
 from __future__ import annotations
@@ -32,13 +35,15 @@ from tagpulse.core.stage1 import DedupWindowState
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TAKE = 20  # messages of 500 posts per batch: a live worker's batches are small
+EARLY_SHIP_S = 2.0  # the worker's default (TAGPULSE_EARLY_SHIP)
 
 
-def run(messages: list[bytes], specs, warm: bool) -> dict:
+def run(messages: list[bytes], specs, warm: bool, early: bool = False) -> dict:
     state = DedupWindowState(0, specs, 10, 7 * 86400, decode=decoder())
     merge = MergeWithSpikes(0, 1, specs)
     steps: list[tuple[int, int, float]] = []  # (window size, rows, seconds)
     warm_s: list[float] = []
+    ship_s: list[float] = []  # stage 1: batches that shipped a pane at its close (process, delta, message)
     digest = 0
 
     def timed(step) -> None:
@@ -52,9 +57,14 @@ def run(messages: list[bytes], specs, warm: bool) -> dict:
             digest ^= hash(tuple(sorted(out.rows)))
 
     for i in range(0, len(messages), TAKE):
+        a = time.perf_counter()
         res = state.process([(i + j, m) for j, m in enumerate(messages[i:i + TAKE])])
+        if early:  # live, event time is the wall clock's: the latest one stands for "now"
+            state.ship_early(state.early_due(state.max_event, EARLY_SHIP_S), res)
         state.delta()
         msg = orjson.dumps({"src": 0, "wm": state.watermark, "idle": False, "rows": res.partials})
+        if any(p[0] not in res.early for p in res.partials):
+            ship_s.append(time.perf_counter() - a)
         timed(lambda: merge.process([(i, msg)]))
         while merge.pending():
             timed(merge.close_step)
@@ -62,7 +72,7 @@ def run(messages: list[bytes], specs, warm: bool) -> dict:
             a = time.perf_counter()
             merge.warm()
             warm_s.append(time.perf_counter() - a)
-    return {"steps": steps, "warm_s": warm_s, "digest": digest}
+    return {"steps": steps, "warm_s": warm_s, "ship_s": ship_s, "digest": digest}
 
 
 def summary(steps: list[tuple[int, int, float]]) -> dict:
@@ -82,7 +92,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="posts per second of event time")
     parser.add_argument("--pairs", type=int, default=1)
     parser.add_argument("--windows", default="1m,1h/5m,24h/1h")
-    parser.add_argument("--variants", default="cold,warm", help="comma list of cold and warm")
+    parser.add_argument("--variants", default="cold,warm",
+                        help="comma list of cold, warm and early (warm, and stage 1 ships panes early)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the result file")
     args = parser.parse_args()
     specs = parse_window_specs(args.windows)
@@ -95,7 +106,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {v: [] for v in args.variants.split(",")}
     for _ in range(args.pairs):
         for variant in runs:
-            runs[variant].append(run(messages, specs, variant == "warm"))
+            runs[variant].append(run(messages, specs, variant != "cold", early=variant == "early"))
             gc.collect()
     digests = {r["digest"] for rs in runs.values() for r in rs}
     if len(digests) != 1:
@@ -105,13 +116,22 @@ def main() -> None:
                             "its delta), one stage-2 partition on one core"}
     for variant, rs in runs.items():
         result[variant] = summary([s for r in rs for s in r["steps"]])
+    for variant, rs in runs.items():
+        ships = [s for r in rs for s in r["ship_s"]]
+        result[variant]["stage1_close_batches"] = {"count": len(ships),
+                                                   "median_s": round(statistics.median(ships), 4) if ships else None,
+                                                   "max_s": round(max(ships, default=0.0), 4)}
     if "warm" in runs:
         warm_calls = [w for r in runs["warm"] for w in r["warm_s"]]
         result["warm"]["calls"] = {"count": len(warm_calls), "total_s": round(sum(warm_calls), 3),
                                    "max_s": round(max(warm_calls, default=0.0), 3)}
+    if "warm" in runs and "early" in runs:
+        result["ratios_early_to_warm"] = {size: round(result["early"][size]["median_s"] / warm["median_s"], 2)
+                                          for size, warm in result["warm"].items()
+                                          if size.isdigit() and warm["median_s"]}
     if "warm" in runs and "cold" in runs:
         result["ratios_warm_to_cold"] = {size: round(result["warm"][size]["median_s"] / cold["median_s"], 2)
-                                         for size, cold in result["cold"].items() if cold["median_s"]}
+                                         for size, cold in result["cold"].items() if size.isdigit() and cold["median_s"]}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{time.strftime('%Y%m%dT%H%M%S')}-live-close.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
