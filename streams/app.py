@@ -287,7 +287,7 @@ def stage2_outputs(partition: int, result) -> list[tuple[str, int, bytes]]:
     return outputs
 
 
-async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
+async def run_stage2(partition: int, records: list[tuple[int, bytes]], arrival: "Arrival | None" = None) -> None:
     task = await stage2.task(partition)
     async with task.lock:
         state: MergeWithSpikes = task.state
@@ -295,6 +295,7 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
         began = time.perf_counter()
         result = state.process(records)
         step_s = time.perf_counter() - began
+        path = None if arrival is None else (arrival.created, arrival.taken, time.time() - step_s)
         if state.offset == offset_before and not result.rows:
             return
         frontier = state.frontier()
@@ -309,7 +310,7 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
                 commit = task.begin_commit(stage2_outputs(partition, result), state.offset + 1 if last else None)
                 if last:
                     await commit
-                    metrics_stage2(partition, result, state, step_s)
+                    metrics_stage2(partition, result, state, step_s, path)
                     break
                 # The next step (the 1 h and day windows of every tag, a replay's end) runs in a thread
                 # while this step's transaction goes to the broker: a boundary's 1 h step no longer
@@ -326,7 +327,7 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]]) -> None:
                     # state first, it must not change under whoever looks at it next.
                     await asyncio.wait([step])
                     raise
-                metrics_stage2(partition, result, state, step_s)
+                metrics_stage2(partition, result, state, step_s, path)
                 result, step_s = await step
         if state.warm_due():
             # Between boundaries, merge what the next boundary's 1 h and day windows will read
@@ -347,6 +348,30 @@ def app_tp(topic: str, partition: int):
     return TP(topic, partition)
 
 
+class Arrival:
+    """When a partition's records of one batch were written and taken by the agent (wall clock):
+    the live timing lines split a close's wait into transport and batching, the worker's other
+    partitions' steps, and its own."""
+
+    __slots__ = ("created", "taken")
+
+    def __init__(self, taken: float) -> None:
+        self.created = 0.0  # latest record timestamp (stage 1's send, just before its commit)
+        self.taken = taken  # when take_events gave the agent the batch
+
+
+def _arrivals(events, taken: float) -> dict[int, Arrival]:
+    arrivals: dict[int, Arrival] = {}
+    for event in events:
+        message = event.message
+        arrival = arrivals.get(message.partition)
+        if arrival is None:
+            arrival = arrivals[message.partition] = Arrival(taken)
+        if message.timestamp and message.timestamp > arrival.created:
+            arrival.created = message.timestamp
+    return arrivals
+
+
 def _group(events) -> dict[int, list[tuple[int, bytes]]]:
     by_partition: dict[int, list[tuple[int, bytes]]] = {}
     for event in events:
@@ -357,14 +382,15 @@ def _group(events) -> dict[int, list[tuple[int, bytes]]]:
     return by_partition
 
 
-async def _run_batch(runner, stage: Stage, events) -> None:
+async def _run_batch(runner, stage: Stage, events, arrivals: dict | None = None) -> None:
     groups = _group(events)
     # Events fetched before a rebalance may still sit in the stream buffer. Processing
     # them would open the partition here again and fence its new owner mid-batch, so
     # records of partitions we no longer own are dropped: the owner reads them itself.
     for partition in [p for p in groups if p not in stage.owned]:
         del groups[partition]
-    results = await asyncio.gather(*(runner(p, recs) for p, recs in groups.items()), return_exceptions=True)
+    results = await asyncio.gather(*(runner(p, recs) if arrivals is None else runner(p, recs, arrivals.get(p))
+                                     for p, recs in groups.items()), return_exceptions=True)
     for partition, outcome in zip(groups, results):
         if isinstance(outcome, NotOwned):
             continue  # revoked while the batch waited: the new owner reads these records
@@ -407,7 +433,7 @@ async def dedup_and_window(stream):
 @app.agent(partial_topic)
 async def merge_windows(stream):
     async for events in stream.take_events(TAKE_MESSAGES, within=TAKE_WITHIN_S):
-        await _run_batch(run_stage2, stage2, events)
+        await _run_batch(run_stage2, stage2, events, _arrivals(events, time.time()))
 
 
 @app.timer(interval=1.0)
@@ -476,6 +502,6 @@ def metrics_stage1(partition, result, state) -> None:
     observe.stage1(partition, result, state)
 
 
-def metrics_stage2(partition, result, state, step_s: float) -> None:
+def metrics_stage2(partition, result, state, step_s: float, path=None) -> None:
     from streams import observe
-    observe.stage2(partition, result, state, step_s)
+    observe.stage2(partition, result, state, step_s, path)

@@ -73,7 +73,7 @@ def stage1(partition, result, state) -> None:
     m.TRANSACTIONS.inc()
 
 
-def stage2(partition, result, state, step_s: float) -> None:
+def stage2(partition, result, state, step_s: float, path=None) -> None:
     now = time.time()
     for (_tag, _platform, size, _start), n in result.late.items():
         m.LATE_EVENTS.labels(window_size=str(size)).inc(n)
@@ -85,11 +85,16 @@ def stage2(partition, result, state, step_s: float) -> None:
         size = result.rows[0][ROW_SIZE]
         m.CLOSE_STEP_SECONDS.labels(window_size=str(size)).observe(step_s)
         end = max(map(itemgetter(ROW_END), result.rows))
-        after = now - (end + _grace)
+        closed_at = end + _grace
+        after = now - closed_at
+        # Where the wait went, each after window end + grace: the batch's last record written by stage 1,
+        # taken by the agent, the step that applied them begun (the first step of the batch).
+        where = "" if path is None else ", records written %+.2f, taken %+.2f, step from %+.2f" % tuple(
+            t - closed_at for t in path)
         log.log(logging.INFO if after < LIVE_CLOSE_S else logging.DEBUG,
                 "merge partition %d: %d final rows of %d s windows ending by %s UTC, step %.3f s, "
-                "committed %.2f s after window end + grace", partition, len(result.rows), size,
-                time.strftime("%H:%M:%S", time.gmtime(end)), step_s, after)
+                "committed %.2f s after window end + grace%s", partition, len(result.rows), size,
+                time.strftime("%H:%M:%S", time.gmtime(end)), step_s, after, where)
     if _tags is None:
         return
     # One latency per window end: the rows that end together were emitted together, and a

@@ -1,0 +1,46 @@
+"""What a live close's timing line tells (streams.app, streams.observe).
+
+The timing lines are how a slow boundary gets explained after the fact (BENCHMARKS.md, "Latency"): each
+close step's line must place the records that closed the window on the same clock as the commit, window
+end + grace, so the wait splits into transport and batching, the worker's other partitions and its own step.
+"""
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+
+def _event(partition: int, timestamp: float | None):
+    return SimpleNamespace(message=SimpleNamespace(partition=partition, timestamp=timestamp))
+
+
+def test_arrivals_take_each_partitions_latest_record_and_the_batch_time():
+    from streams.app import _arrivals
+
+    arrivals = _arrivals([_event(2, 100.5), _event(3, 100.2), _event(2, 100.9), _event(2, None)], taken=101.0)
+    assert set(arrivals) == {2, 3}
+    assert (arrivals[2].created, arrivals[2].taken) == (100.9, 101.0)
+    assert arrivals[3].created == 100.2
+
+
+def test_a_live_close_line_places_records_batch_and_step_after_window_end_plus_grace(caplog, monkeypatch):
+    import time
+
+    from streams import observe
+    from tagpulse.core.windows import ROW_END, ROW_SIZE
+
+    end = 1_800_000_000
+    monkeypatch.setattr(observe, "_grace", 10.0)
+    monkeypatch.setattr(observe, "_tags", None)
+    monkeypatch.setattr(time, "time", lambda: end + 10 + 1.25)
+    row = [None] * (max(ROW_END, ROW_SIZE) + 1)
+    row[ROW_END], row[ROW_SIZE] = end, 60
+    result = SimpleNamespace(late={}, rows=[tuple(row)], spikes=())
+    state = SimpleNamespace(panes={})
+    path = (end + 10 + 0.30, end + 10 + 0.45, end + 10 + 0.70)
+    with caplog.at_level(logging.INFO, logger="tagpulse.streams"):
+        observe.stage2(3, result, state, 0.2, path)
+    [line] = [r.getMessage() for r in caplog.records if "final rows" in r.getMessage()]
+    assert "committed 1.25 s after window end + grace" in line
+    assert line.endswith("records written +0.30, taken +0.45, step from +0.70")
+
