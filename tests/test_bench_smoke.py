@@ -103,3 +103,19 @@ def test_the_latency_goal_takes_the_slowest_window_size():
     assert worst_p99({"p99_s_after_end_plus_grace": 0.9, "by_window_size": by_size}) == 2.5
     assert worst_p99({"p99_s_after_end_plus_grace": 0.9}) == 0.9  # a result from before per-size figures
     assert worst_p99({}) is None
+
+
+def test_gil_commit_times_every_condition_on_the_broker(stack_settings, tmp_path):
+    """`python -m bench.gil_commit` at smoke size: real transactions alone and beside a busy thread."""
+    env = dict(os.environ)
+    env["TAGPULSE_KAFKA"] = stack_settings.kafka_bootstrap
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-m", "bench.gil_commit", "--rounds", "1", "--per-round", "3",
+                           "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, timeout=110)
+    assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
+    [written] = tmp_path.glob("*-gil-commit.json")
+    conditions = json.loads(written.read_text())["conditions"]
+    assert set(conditions) == {"alone", "busy thread, switch 5 ms", "busy thread, switch 1 ms",
+                               "busy thread, switch 0.5 ms"}
+    assert all(c["transactions"] == 3 and c["median_s"] > 0 for c in conditions.values())
+    assert conditions["busy thread, switch 5 ms"]["thread_work_vs_default_switch"] == 1.0
