@@ -12,6 +12,10 @@ offset) on the real broker: alone, and with a CPU-bound thread at several switch
 alternating rounds. It also counts how much of the thread's work got done (its rate under each
 interval against the default's): a shorter interval must not slow the steps themselves.
 Writes bench/results/<timestamp>-gil-commit.json.
+
+The worker keeps CPython's default: a 1 ms interval halved this transaction's time beside a busy
+thread, but in the latency runs of 2026-12-03 (BENCHMARKS.md) boundaries were not earlier with it;
+there the commits waited for the two cores, shared by both workers, the broker and the sink.
 """
 from __future__ import annotations
 

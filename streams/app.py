@@ -18,7 +18,6 @@ import contextlib
 import gc
 import logging
 import os
-import sys
 import time
 
 import msgspec
@@ -59,11 +58,6 @@ TAKE_MESSAGES = int(os.environ.get("TAGPULSE_TAKE_MESSAGES", "200"))
 # messages pays, with up to 1/TAKE_WITHIN transactions per partition and second (0.1 s is
 # also Kafka Streams' commit interval under exactly-once).
 TAKE_WITHIN_S = float(os.environ.get("TAGPULSE_TAKE_WITHIN", "0.1"))
-# How long a thread holding the GIL keeps it while another waits (CPython's default: 5 ms). At a
-# boundary the long close steps run in threads while the event loop commits transactions, and every
-# broker reply that wakes the loop waited a whole interval for the GIL: a worker's transaction took
-# 0.10 s instead of 0.02 s beside a busy thread at 5 ms, 0.04 s at 1 ms (python -m bench.gil_commit).
-GIL_SWITCH_S = float(os.environ.get("TAGPULSE_GIL_SWITCH", "0.001"))
 
 app = App(
     settings.app_id,
@@ -495,12 +489,6 @@ def tune_gc(app, **kwargs):
     # start-up allocated and collect the older generations rarely.
     gc.freeze()
     gc.set_threshold(100_000, 50, 1000)
-
-
-@app.on_worker_init.connect
-def tune_gil_switch(app, **kwargs):
-    sys.setswitchinterval(GIL_SWITCH_S)
-    log.info("GIL switch interval %g ms", GIL_SWITCH_S * 1000)
 
 
 @app.on_worker_init.connect

@@ -1,4 +1,4 @@
-"""What a live close's timing line tells, and the worker's GIL switch interval (streams.app, streams.observe).
+"""What a live close's timing line tells (streams.app, streams.observe).
 
 The timing lines are how a slow boundary gets explained after the fact (BENCHMARKS.md, "Latency"): each
 close step's line must place the records that closed the window on the same clock as the commit, window
@@ -7,7 +7,6 @@ end + grace, so the wait splits into transport and batching, the worker's other 
 from __future__ import annotations
 
 import logging
-import sys
 from types import SimpleNamespace
 
 
@@ -45,14 +44,3 @@ def test_a_live_close_line_places_records_batch_and_step_after_window_end_plus_g
     assert "committed 1.25 s after window end + grace" in line
     assert line.endswith("records written +0.30, taken +0.45, step from +0.70")
 
-
-def test_the_worker_shortens_the_gil_switch_interval_on_init():
-    from streams import app
-
-    before = sys.getswitchinterval()
-    try:
-        sys.setswitchinterval(0.005)
-        app.tune_gil_switch(app.app)
-        assert sys.getswitchinterval() == app.GIL_SWITCH_S < 0.005
-    finally:
-        sys.setswitchinterval(before)
