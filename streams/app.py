@@ -124,6 +124,10 @@ class LiveCloses:
         """Until no live close runs (a set() wakes every waiter, even if a new close starts before it runs)."""
         await self._none.wait()
 
+    @property
+    def running(self) -> bool:
+        return self._running > 0
+
 
 live_closes = LiveCloses()
 
@@ -310,7 +314,7 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]], arrival: 
                 commit = task.begin_commit(stage2_outputs(partition, result), state.offset + 1 if last else None)
                 if last:
                     await commit
-                    metrics_stage2(partition, result, state, step_s, path)
+                    metrics_stage2(partition, result, state, step_s, path, flush=not live)
                     break
                 # The next step (the 1 h and day windows of every tag, a replay's end) runs in a thread
                 # while this step's transaction goes to the broker: a boundary's 1 h step no longer
@@ -327,7 +331,7 @@ async def run_stage2(partition: int, records: list[tuple[int, bytes]], arrival: 
                     # state first, it must not change under whoever looks at it next.
                     await asyncio.wait([step])
                     raise
-                metrics_stage2(partition, result, state, step_s, path)
+                metrics_stage2(partition, result, state, step_s, path, flush=not live)
                 result, step_s = await step
         if state.warm_due():
             # Between boundaries, merge what the next boundary's 1 h and day windows will read
@@ -455,7 +459,8 @@ async def advance_idle_partitions():
 def report_consumer_lag() -> None:
     from streams import observe
 
-    observe.flush_tag_gauges()
+    if not live_closes.running:  # not on a boundary's chain of steps and commits (observe.stage2)
+        observe.flush_tag_gauges()
     for stage in (stage1, stage2):
         for partition, task in list(stage.tasks.items()):
             highwater = app.consumer.highwater(app_tp(stage.source_topic, partition))
@@ -502,6 +507,6 @@ def metrics_stage1(partition, result, state) -> None:
     observe.stage1(partition, result, state)
 
 
-def metrics_stage2(partition, result, state, step_s: float, path=None) -> None:
+def metrics_stage2(partition, result, state, step_s: float, path=None, flush: bool = True) -> None:
     from streams import observe
-    observe.stage2(partition, result, state, step_s, path)
+    observe.stage2(partition, result, state, step_s, path, flush)

@@ -119,3 +119,14 @@ def test_gil_commit_times_every_condition_on_the_broker(stack_settings, tmp_path
                                "busy thread, switch 0.5 ms"}
     assert all(c["transactions"] == 3 and c["median_s"] > 0 for c in conditions.values())
     assert conditions["busy thread, switch 5 ms"]["thread_work_vs_default_switch"] == 1.0
+
+
+def test_tag_export_times_an_export_per_tag_count():
+    """`python -m bench.tag_export` at smoke size (pure: no broker)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-m", "bench.tag_export", "--tags", "500", "2000", "--repeat", "2"],
+                          cwd=REPO, env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
+    exports = json.loads(done.stdout)["exports"]
+    assert set(exports) == {"500", "2000"} and all(e["median_s"] > 0 for e in exports.values())

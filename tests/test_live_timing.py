@@ -44,3 +44,34 @@ def test_a_live_close_line_places_records_batch_and_step_after_window_end_plus_g
     assert "committed 1.25 s after window end + grace" in line
     assert line.endswith("records written +0.30, taken +0.45, step from +0.70")
 
+
+
+def _window_row(tag: str, size: int, end: int) -> tuple:
+    from tagpulse.core.windows import WINDOW_ROW_FIELDS
+
+    row = dict.fromkeys(WINDOW_ROW_FIELDS, 0)
+    row.update(tag=tag, platform="mastodon", window_size=size, window_start=end - size, window_end=end, posts=3,
+               potential_reach=100, impressions=120)
+    return tuple(row.values())
+
+
+def test_the_tag_gauges_wait_while_a_live_close_runs_and_export_after_it(monkeypatch):
+    """The per-tag export ranks every tag on the event loop; on a boundary's chain it delayed the other
+    partition's step and commit. During a live close nothing exports; the one-second timer does after it."""
+    from streams import app, observe
+    from tagpulse import metrics as m
+
+    tags = m.TagGauges()
+    monkeypatch.setattr(observe, "_tags", tags)
+    monkeypatch.setattr(observe, "_last_export", 0.0)
+    end = 1_800_000_000
+    result = SimpleNamespace(late={}, rows=[_window_row("einbuchfuerkai", 60, end),
+                                            _window_row("einbuchfuerkai", 3600, end)], spikes=())
+    state = SimpleNamespace(panes={})
+    with app.live_closes:
+        observe.stage2(0, result, state, 0.1, None, flush=False)
+        app.report_consumer_lag()  # the timer's tick during the close
+        assert tags.changed and observe._last_export == 0.0, "exported on the boundary's chain"
+    app.report_consumer_lag()
+    assert not tags.changed and observe._last_export > 0
+    assert m.TAG_POSTS_PER_MINUTE.labels(tag="einbuchfuerkai")._value.get() == 3
