@@ -16,14 +16,15 @@ import statistics
 import time
 
 from tagpulse import metrics as m
-from tagpulse.core.windows import WINDOW_ROW_FIELDS
+from tagpulse.core.windows import WINDOW_ROW_FIELDS, window_row_tuple
 
 
 def window_row(tag: str, size: int, end: int, rng: random.Random) -> tuple:
-    row = dict.fromkeys(WINDOW_ROW_FIELDS, 0)
-    row.update(tag=tag, platform="mastodon", window_size=size, window_start=end - size, window_end=end,
-               posts=rng.randint(1, 50), potential_reach=rng.randint(1, 10**6), impressions=rng.randint(1, 10**6))
-    return tuple(row.values())
+    """A row as stage 2 emits it (fields the gauges do not read are zero)."""
+    return window_row_tuple({**dict.fromkeys(WINDOW_ROW_FIELDS, 0), "tag": tag, "platform": "mastodon",
+                             "window_size": size, "window_start": end - size, "window_end": end,
+                             "posts": rng.randint(1, 50), "potential_reach": rng.randint(1, 10**6),
+                             "impressions": rng.randint(1, 10**6)})
 
 
 def export_seconds(n_tags: int, repeat: int) -> list[float]:

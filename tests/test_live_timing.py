@@ -14,6 +14,15 @@ def _event(partition: int, timestamp: float | None):
     return SimpleNamespace(message=SimpleNamespace(partition=partition, timestamp=timestamp))
 
 
+def _window_row(tag: str, size: int, end: int) -> tuple:
+    """A row as stage 2 emits it (fields the gauges do not read are zero)."""
+    from tagpulse.core.windows import WINDOW_ROW_FIELDS, window_row_tuple
+
+    return window_row_tuple({**dict.fromkeys(WINDOW_ROW_FIELDS, 0), "tag": tag, "platform": "mastodon",
+                             "window_size": size, "window_start": end - size, "window_end": end, "posts": 3,
+                             "potential_reach": 100, "impressions": 120})
+
+
 def test_arrivals_take_each_partitions_latest_record_and_the_batch_time():
     from streams.app import _arrivals
 
@@ -27,15 +36,12 @@ def test_a_live_close_line_places_records_batch_and_step_after_window_end_plus_g
     import time
 
     from streams import observe
-    from tagpulse.core.windows import ROW_END, ROW_SIZE
 
     end = 1_800_000_000
     monkeypatch.setattr(observe, "_grace", 10.0)
     monkeypatch.setattr(observe, "_tags", None)
     monkeypatch.setattr(time, "time", lambda: end + 10 + 1.25)
-    row = [None] * (max(ROW_END, ROW_SIZE) + 1)
-    row[ROW_END], row[ROW_SIZE] = end, 60
-    result = SimpleNamespace(late={}, rows=[tuple(row)], spikes=())
+    result = SimpleNamespace(late={}, rows=[_window_row("einbuchfuerkai", 60, end)], spikes=())
     state = SimpleNamespace(panes={})
     path = (end + 10 + 0.30, end + 10 + 0.45, end + 10 + 0.70)
     with caplog.at_level(logging.INFO, logger="tagpulse.streams"):
@@ -43,16 +49,6 @@ def test_a_live_close_line_places_records_batch_and_step_after_window_end_plus_g
     [line] = [r.getMessage() for r in caplog.records if "final rows" in r.getMessage()]
     assert "committed 1.25 s after window end + grace" in line
     assert line.endswith("records written +0.30, taken +0.45, step from +0.70")
-
-
-
-def _window_row(tag: str, size: int, end: int) -> tuple:
-    from tagpulse.core.windows import WINDOW_ROW_FIELDS
-
-    row = dict.fromkeys(WINDOW_ROW_FIELDS, 0)
-    row.update(tag=tag, platform="mastodon", window_size=size, window_start=end - size, window_end=end, posts=3,
-               potential_reach=100, impressions=120)
-    return tuple(row.values())
 
 
 def test_the_tag_gauges_wait_while_a_live_close_runs_and_export_after_it(monkeypatch):
