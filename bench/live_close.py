@@ -29,6 +29,7 @@ import orjson
 
 from bench.generate import synthetic_arrivals
 from bench.profile_core import decoder
+from streams.partition_tasks import tune_gc as tune_worker_gc
 from tagpulse.config import parse_window_specs
 from tagpulse.core.merge_spikes import MergeWithSpikes
 from tagpulse.core.stage1 import DedupWindowState
@@ -101,8 +102,7 @@ def main() -> None:
     messages = [orjson.dumps(posts[i:i + 500]) for i in range(0, len(posts), 500)]
     del posts
     gc.collect()
-    gc.freeze()  # as the worker does (streams/app.py): the input is not garbage, and its GC thresholds
-    gc.set_threshold(100_000, 50, 1000)
+    tune_worker_gc()  # as the worker does: the input is not garbage either
     runs: dict[str, list[dict]] = {v: [] for v in args.variants.split(",")}
     for _ in range(args.pairs):
         for variant in runs:

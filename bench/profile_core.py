@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import gc
 import pstats
 import time
 
 import orjson
 
 from bench.generate import synthetic_arrivals
-from streams.partition_tasks import pack_json_arrays
+from streams.partition_tasks import pack_json_arrays, tune_gc as tune_worker_gc
 from tagpulse import config
 from tagpulse.core.merge_spikes import MergeWithSpikes
 from tagpulse.core.stage1 import DedupWindowState
@@ -97,8 +96,7 @@ def main() -> None:
     messages = [orjson.dumps(arrivals[i:i + 500]) for i in range(0, len(arrivals), 500)]
     specs = config.parse_window_specs("1m,1h/5m,24h/1h")
     if not args.default_gc:
-        gc.freeze()  # as the worker does (streams.app.tune_gc)
-        gc.set_threshold(100_000, 50, 1000)
+        tune_worker_gc()  # as the worker does: the input is not garbage either
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()

@@ -510,7 +510,9 @@ def _unique_count(ns: Namespace) -> int:
     return sum(asyncio.run(kafka_io.end_offsets(ns.bootstrap, ns.settings.topics.unique_posts)).values())
 
 
-_RESTORED = re.compile(rb"(dedup-window|merge) partition \d+ restored from (\d+) changelog records, ([\d.]+) MB")
+_RESTORED = re.compile(rb"(dedup-window|merge) partition \d+ restored from (\d+) changelog records, ([\d.]+) MB"
+                       rb" \(offset -?\d+\) in ([\d.]+) s \(producer start [\d.]+ s, reading [\d.]+ s of which applying"
+                       rb" ([\d.]+) s\)")
 
 
 def _restart_after_live(ns: Namespace, pipeline, pool: list[dict]) -> dict:
@@ -530,7 +532,7 @@ def _restart_after_live(ns: Namespace, pipeline, pool: list[dict]) -> dict:
     pipeline.start_worker(0)
     asyncio.run(kafka_io.load(ns.bootstrap, [ns.settings.topics.raw], _probe_posts(ns, pool, "restart")))
 
-    def restores() -> list[tuple[bytes, bytes, bytes]]:
+    def restores() -> list[tuple[bytes, ...]]:
         with open(log_path, "rb") as log:
             log.seek(log_start)
             return _RESTORED.findall(log.read())
@@ -544,9 +546,13 @@ def _restart_after_live(ns: Namespace, pipeline, pool: list[dict]) -> dict:
     restored = restores()
     return {"kill9_to_processing_s": round(processing_s, 1),
             "kill9_to_all_restored_s": round(time.monotonic() - killed, 1),
-            "restored_mb": {stage.decode(): round(sum(float(mb) for s, _n, mb in restored if s == stage), 1)
+            "restored_mb": {stage.decode(): round(sum(float(mb) for s, _n, mb, _t, _a in restored if s == stage), 1)
                             for stage in (b"dedup-window", b"merge")},
-            "restored_records": sum(int(n) for _s, n, _mb in restored),
+            "restored_records": sum(int(n) for _s, n, _mb, _t, _a in restored),
+            # Per partition, in the order the worker finished them: a restore's whole time and the part
+            # of it spent applying records to the state (on the event loop).
+            "restore_s": {stage.decode(): [[float(t), float(a)] for s, _n, _mb, t, a in restored if s == stage]
+                          for stage in (b"dedup-window", b"merge")},
             "snapshot_min_bytes": ns.settings.snapshot_min_bytes}
 
 

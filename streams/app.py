@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import time
@@ -26,7 +25,7 @@ import orjson
 from streams.observe import LIVE_CLOSE_S
 from streams.transport import App
 from streams.partition_tasks import (PartitionLost, PartitionTask, away_from_closes, pack_json_arrays,
-                                     tag_partition)
+                                     tag_partition, tune_gc as tune_worker_gc)
 from tagpulse import config
 from tagpulse.kafka_security import faust_credentials
 from tagpulse.core.stage1 import DedupWindowState
@@ -488,12 +487,7 @@ async def on_assigned(app, assigned, **kwargs):
 
 @app.on_worker_init.connect
 def tune_gc(app, **kwargs):
-    # The state is millions of small dicts (panes, author maps) without reference
-    # cycles; with the default thresholds the cyclic collector rescans them all the
-    # time, which cost ≈40 % of stage throughput (bench.profile_core). Freeze what
-    # start-up allocated and collect the older generations rarely.
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
+    tune_worker_gc()
 
 
 @app.on_worker_init.connect

@@ -23,6 +23,7 @@ deltas (one usually: see SnapshotSchedule), however long the worker has run.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from functools import lru_cache
@@ -62,6 +63,17 @@ RETRIABLE_TXN_ERRORS = (ConcurrentTransactions, CoordinatorLoadInProgressError, 
 # 100 ms or more (the warnings in the worker log); 20 ms is the Java client's backoff for the
 # same race on AddPartitionsToTxn (KAFKA-5477). Idempotence keeps retries duplicate-free.
 TXN_RETRY_BACKOFF_MS = 20
+
+
+def tune_gc() -> None:
+    """The worker's garbage collector settings (benches that measure the worker's work use them too).
+
+    The state is millions of small dicts (panes, author maps) without reference cycles; with the
+    default thresholds the cyclic collector rescans them all the time, which cost ≈40 % of stage
+    throughput (bench.profile_core) and half of a restore (bench.restore). Freeze what start-up
+    allocated and collect the older generations rarely."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
 
 
 class PartitionLost(Exception):
@@ -181,22 +193,30 @@ class PartitionTask:
             **client_kwargs(),
             **(producer_config or {}),
         )
+        opened = time.perf_counter()
         await producer.start()  # init_transactions: fences the previous owner
+        reading = time.perf_counter()
         schedule = SnapshotSchedule(snapshot_min_bytes, snapshot_quiet)
         restored_bytes = 0
+        applying = 0.0  # of the restore's time, how much went to the state (the rest: fetching, waiting)
 
         def apply(record: bytes) -> None:
-            nonlocal restored_bytes
+            nonlocal restored_bytes, applying
+            began = time.perf_counter()
             restored_bytes += len(record)
             schedule.count(record, state.apply_delta(record))
+            applying += time.perf_counter() - began
 
         try:
             applied = await restore_changelog(bootstrap, changelog_topic, partition, apply)
         except BaseException:
             await producer.stop()
             raise
-        log.info("%s partition %d restored from %d changelog records, %.1f MB (offset %d)",
-                 stage, partition, applied, restored_bytes / 1e6, state.offset)
+        done = time.perf_counter()
+        log.info("%s partition %d restored from %d changelog records, %.1f MB (offset %d) in %.2f s "
+                 "(producer start %.2f s, reading %.2f s of which applying %.2f s)",
+                 stage, partition, applied, restored_bytes / 1e6, state.offset, done - opened,
+                 reading - opened, done - reading, applying)
         return cls(stage, source_topic, partition, changelog_topic, state, producer, app_id, bootstrap=bootstrap,
                    schedule=schedule, restored_bytes=restored_bytes)
 

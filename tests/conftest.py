@@ -113,7 +113,13 @@ DEMO_RUNS: list[tuple[str, str, str]] = []  # (first stdout, second stdout, seco
 
 
 @pytest.fixture(scope="session")
-def demo_run(stack_settings, tmp_path_factory):
+def demo_namespace() -> str:
+    """The namespace `tagpulse demo` runs in (demo_run): its topics stay on the session broker."""
+    return f"demo{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="session")
+def demo_run(stack_settings, tmp_path_factory, demo_namespace):
     """`tagpulse demo` for real, once per session, on the session broker: (chDB URL, its stdout).
 
     Runs in a namespace and ClickHouse directory of its own; the sink is stopped
@@ -124,7 +130,7 @@ def demo_run(stack_settings, tmp_path_factory):
 
     home = tmp_path_factory.mktemp("demo")
     url = f"chdb://{home / 'clickhouse'}"
-    env = dict(os.environ, TAGPULSE_NAMESPACE=f"demo{uuid.uuid4().hex[:6]}", TAGPULSE_CLICKHOUSE=url,
+    env = dict(os.environ, TAGPULSE_NAMESPACE=demo_namespace, TAGPULSE_CLICKHOUSE=url,
                TAGPULSE_IDLE_TIMEOUT="2")
     result = subprocess.run([sys.executable, "-m", "tagpulse.cli", "demo", "--no-monitoring"], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=900)

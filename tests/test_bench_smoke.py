@@ -130,3 +130,54 @@ def test_tag_export_times_an_export_per_tag_count():
     assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
     exports = json.loads(done.stdout)["exports"]
     assert set(exports) == {"500", "2000"} and all(e["median_s"] > 0 for e in exports.values())
+
+
+def test_restore_reads_and_applies_the_changelogs_the_demo_left(demo_run, demo_namespace, stack_settings,
+                                                               monkeypatch, caplog):
+    """`python -m bench.restore` on the changelogs of the demo's real pipeline: every partition of both
+    stages restored from the records the plain read counts, to the offsets the worker committed; and a
+    worker's restore log line is the one `bench.run` parses for its restart figures."""
+    env = dict(os.environ)
+    env["TAGPULSE_KAFKA"] = stack_settings.kafka_bootstrap
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-m", "bench.restore", "--namespace", demo_namespace],
+                          cwd=REPO, env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
+    stages = json.loads(done.stdout)["stages"]
+    partitions = stack_settings.partitions
+    for stage in ("dedup-window", "merge"):
+        rows = stages[stage]["partitions"]
+        assert [r["partition"] for r in rows] == list(range(partitions))
+        assert all(r["records"] == r["baseline_records"] and r["mb"] == r["baseline_mb"] for r in rows)
+        assert sum(r["records"] for r in rows) > 0
+
+    import asyncio
+    import logging
+
+    from bench import kafka_io
+    from bench.restore import make_state
+    from bench.run import _RESTORED
+    from streams.partition_tasks import PartitionTask
+    from tagpulse import config
+
+    monkeypatch.setenv("TAGPULSE_NAMESPACE", demo_namespace)
+    settings = config.load()
+    # Each restored state is where the worker left its partition: the next source offset it
+    # would read is the one its last transaction committed for the consumer group.
+    for stage, topic in (("dedup-window", settings.topics.raw), ("merge", settings.topics.partial_windows)):
+        committed = asyncio.run(kafka_io.committed(settings.kafka_bootstrap, settings.app_id, topic))
+        restored = {r["partition"]: r["offset"] + 1 for r in stages[stage]["partitions"] if r["offset"] >= 0}
+        assert restored and restored == committed, (stage, restored, committed)
+
+    async def reopen():
+        task = await PartitionTask.open(bootstrap=settings.kafka_bootstrap, app_id=settings.app_id,
+                                        stage="merge", source_topic=settings.topics.partial_windows, partition=0,
+                                        changelog_topic=settings.topics.stage2_state,
+                                        state=make_state("merge", 0, settings))
+        await task.close()
+
+    with caplog.at_level(logging.INFO, logger="tagpulse.streams"):
+        asyncio.run(reopen())
+    [line] = [r.getMessage() for r in caplog.records if "restored from" in r.getMessage()]
+    [(stage, records, _mb, _seconds, _applying)] = _RESTORED.findall(line.encode())
+    assert stage == b"merge" and int(records) == stages["merge"]["partitions"][0]["records"]
