@@ -168,8 +168,10 @@ class DedupWindowState:
         self.idle = False
         self.dedup = DedupIndex()
         # open panes: pane start -> (tag, platform) -> Reach; only panes not shipped yet
-        self.panes: dict[int, dict[tuple[str, str], Reach]] = {}
+        self._panes: dict[int, dict[tuple[str, str], Reach]] = {}
         self._pane_heap: list[int] = []  # pane starts, for shipping oldest first
+        # A restore's folded posts by pane start, folded on first use of the panes (see `panes`)
+        self._restored_folds: dict[int, list] = {}
         # changes since the last delta()
         self._new_keys: list[int] = []
         self._new_times: list[int] = []
@@ -181,6 +183,22 @@ class DedupWindowState:
         # Panes shipped early by early_due()'s policy: not again (not durable: after a restart a pane
         # may go early once more, which only splits its shares further).
         self._early: set[int] = set()
+
+    @property
+    def panes(self) -> dict[int, dict[tuple[str, str], Reach]]:
+        """Open panes: pane start -> (tag, platform) -> Reach; only panes not shipped yet.
+
+        A restore reads the posts folded into panes record by record, and most of those panes ship
+        in a later record: folding them as read was most of a restore's work (bench.restore, a
+        partition after an hour and five live minutes: 5.4 s to apply its changelog, 2.4 s this
+        way). They wait here, by pane, until the pane ships (dropped) or the panes are first used."""
+        if self._restored_folds:
+            folds, self._restored_folds = self._restored_folds, {}
+            panes = self._panes
+            for ps, pane_folds in folds.items():
+                panes.setdefault(ps, {})  # in the heap since its first fold was read
+                self._fold_into(panes, pane_folds)
+        return self._panes
 
     # ----------------------------------------------------------------- input
     def process(self, records: list[tuple[int, bytes]], source: str = "") -> Stage1Result:
@@ -328,9 +346,11 @@ class DedupWindowState:
                         reach.add_post(*share)
 
     def _fold_all(self, folds) -> None:
-        """Fold posts into their panes; also how a restore replays the changelog's folded posts.
+        """Fold posts into their panes (after what a restore left to fold: `panes`).
         A fold is (pane start, platform, author, followers, is_share, engagement, tags)."""
-        panes = self.panes
+        self._fold_into(self.panes, folds)
+
+    def _fold_into(self, panes: dict, folds) -> None:
         pane_start: int | None = None
         pane: dict[tuple[str, str], Reach] = {}
         for ps, platform, author, followers, is_share, engagement, tags in folds:
@@ -461,7 +481,7 @@ class DedupWindowState:
             # Everything before a snapshot is in it: start from nothing (a restore may also have
             # read records that a truncation then deleted, and met the snapshot after them).
             self.dedup = DedupIndex()
-            self.panes, self._pane_heap = {}, []
+            self._panes, self._pane_heap, self._restored_folds = {}, [], {}
             self._expired_to = None
         _, head_len = _DELTA_HEAD.unpack_from(raw)
         start = _DELTA_HEAD.size
@@ -474,18 +494,30 @@ class DedupWindowState:
         self.max_event = body["me"]
         self.watermark = body["wm"]
         self.idle = body["idle"]
+        panes, pending = self._panes, self._restored_folds
         for ps in body.get("z", ()):  # shipped early: the folds after it are in "f"
-            if ps in self.panes:
-                self.panes[ps] = {}
-        self._fold_all(body.get("f", ()))
+            if pending.pop(ps, None) is not None or ps in panes:
+                panes[ps] = {}
+        for fold in body.get("f", ()):
+            folds = pending.get(fold[0])
+            if folds is None:
+                pending[fold[0]] = [fold]
+                if fold[0] not in panes:  # shipped in order like any open pane (_ship)
+                    heapq.heappush(self._pane_heap, fold[0])
+            else:
+                folds.append(fold)
         for ps, tag, platform, data in body.get("p", ()):  # TPD2 and snapshots: the pane whole
-            pane = self.panes.get(ps)
+            pane = panes.get(ps)
             if pane is None:
-                pane = self.panes[ps] = {}
-                heapq.heappush(self._pane_heap, ps)
+                pane = panes[ps] = {}
+                if ps not in pending:
+                    heapq.heappush(self._pane_heap, ps)
+            if ps in pending:  # its folds read so far come first
+                self._fold_into(panes, pending.pop(ps))
             pane[(tag, platform)] = Reach.from_list(data)
         for ps in body["x"]:
-            self.panes.pop(ps, None)
+            panes.pop(ps, None)
+            pending.pop(ps, None)
         if body["e"] is not None:
             self.dedup.expire(body["e"])
             self._expired_to = body["e"]
