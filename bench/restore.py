@@ -23,10 +23,8 @@ import sys
 import time
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.partition_tasks import Fragments, restore_changelog, tune_gc as tune_worker_gc
-from tagpulse.kafka_security import client_kwargs
+from streams.partition_tasks import restore_changelog, tune_gc as tune_worker_gc
 from tagpulse.pipeline import peak_rss_mb
 
 STAGES = ("dedup-window", "merge")
@@ -64,28 +62,9 @@ def state_size(stage: str, state) -> dict:
 
 async def read_only(bootstrap: str, topic: str, partition: int) -> tuple[int, int]:
     """restore_changelog's reading without the state: (records, bytes)."""
-    tp = TopicPartition(topic, partition)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
-                                enable_auto_commit=False, auto_offset_reset="earliest", group_id=None,
-                                fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
-                                **client_kwargs())
-    await consumer.start()
-    records = Fragments()
-    count = size = 0
-    try:
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        while await consumer.position(tp) < end:
-            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
-            for record in batch.get(tp, []):
-                value = records.feed(record.offset, record.value)
-                if value is not None:
-                    count += 1
-                    size += len(value)
-    finally:
-        await consumer.stop()
-    return count, size
+    sizes: list[int] = []
+    records = await restore_changelog(bootstrap, topic, partition, lambda value: sizes.append(len(value)))
+    return records, sum(sizes)
 
 
 async def restore(bootstrap: str, topic: str, stage: str, partition: int, settings) -> dict:
