@@ -302,11 +302,12 @@ class MergeState:
             self.closed = {size: recorded.get(size, min(known, default=None)) for size in self.closed}
         for partial in body["a"]:
             self._add(partial)
-        ends = self._restored_ends
+        ends, shares = self._restored_ends, self.window_shares
         for share in body["w"]:
+            size, start, tag, platform = share[0], share[1], share[2], share[3]
+            if (size, start, tag, platform) not in shares:  # a share already held has its end in the heap
+                heapq.heappush(ends.setdefault(size, []), (start + size, start, tag, platform))
             self._add_window_share(share)
-            size, start = share[0], share[1]
-            heapq.heappush(ends.setdefault(size, []), (start + size, start, share[2], share[3]))
         # Shares of windows emitted since are dropped (the close that emitted them removed them). Only
         # the ends due are looked at: scanning every share after every record made a restore quadratic
         # (a day's windows hold hundreds of thousands of shares: 68 of a partition's 79 s).
