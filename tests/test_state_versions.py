@@ -68,6 +68,29 @@ def test_stage1_changelog_holds_the_posts_of_a_batch_not_the_panes_they_touched(
     assert restored.panes == live.panes and restored.offset == 1 and len(restored.dedup) == 1001
 
 
+def test_a_stage1_restore_gives_the_open_panes_back_as_they_were_and_in_their_order():
+    """A restore folds a delta's posts only when the panes are first used (most panes ship in a later
+    record first), yet the panes come back as they were: in the order their first posts came (the
+    order early shipping and snapshots follow), a pane shipped early emptied and refilled."""
+    from tagpulse.core.stage1 import Stage1Result
+    from test_windows_core import make_post, passthrough
+
+    live = DedupWindowState(0, SPECS, 10, 86400, decode=passthrough)
+    # A post of the next minute before one of this minute (within grace) ...
+    live.process([(0, orjson.dumps([make_post(0, T0 + 65, ["b"], 1, 10), make_post(1, T0 + 59, ["a"], 2, 20)]))])
+    records = [live.delta()]
+    # ... then this minute's pane shipped early and one more post in it.
+    live.ship_early([T0], Stage1Result())
+    live.process([(1, orjson.dumps(make_post(2, T0 + 58, ["a"], 3, 30)))])
+    records.append(live.delta())
+    restored = DedupWindowState(0, SPECS, 10, 86400, decode=passthrough)
+    for record in records:
+        restored.apply_delta(record)
+    assert list(restored.panes) == list(live.panes) == [T0 + 60, T0]
+    assert restored.panes[T0][("a", "twitter")].posts == 1
+    assert restored.snapshot() == live.snapshot()
+
+
 def test_stage1_continues_a_changelog_of_pane_snapshots():
     """TPD2 records (each touched pane whole) followed by TPD3 ones (the folded posts)."""
     import struct

@@ -194,10 +194,8 @@ class DedupWindowState:
         way). They wait here, by pane, until the pane ships (dropped) or the panes are first used."""
         if self._restored_folds:
             folds, self._restored_folds = self._restored_folds, {}
-            panes = self._panes
-            for ps, pane_folds in folds.items():
-                panes.setdefault(ps, {})  # in the heap since its first fold was read
-                self._fold_into(panes, pane_folds)
+            for pane_folds in folds.values():
+                self._fold_into(self._panes, pane_folds)  # each pane is there since its first fold was read
         return self._panes
 
     # ----------------------------------------------------------------- input
@@ -496,13 +494,15 @@ class DedupWindowState:
         self.idle = body["idle"]
         panes, pending = self._panes, self._restored_folds
         for ps in body.get("z", ()):  # shipped early: the folds after it are in "f"
-            if pending.pop(ps, None) is not None or ps in panes:
+            if ps in panes:
+                pending.pop(ps, None)
                 panes[ps] = {}
         for fold in body.get("f", ()):
             folds = pending.get(fold[0])
             if folds is None:
                 pending[fold[0]] = [fold]
-                if fold[0] not in panes:  # shipped in order like any open pane (_ship)
+                if fold[0] not in panes:  # open from its first post on, as when the posts were folded
+                    panes[fold[0]] = {}
                     heapq.heappush(self._pane_heap, fold[0])
             else:
                 folds.append(fold)
@@ -510,8 +510,7 @@ class DedupWindowState:
             pane = panes.get(ps)
             if pane is None:
                 pane = panes[ps] = {}
-                if ps not in pending:
-                    heapq.heappush(self._pane_heap, ps)
+                heapq.heappush(self._pane_heap, ps)
             if ps in pending:  # its folds read so far come first
                 self._fold_into(panes, pending.pop(ps))
             pane[(tag, platform)] = Reach.from_list(data)

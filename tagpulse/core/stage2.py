@@ -280,7 +280,8 @@ class MergeState:
         return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
 
     def apply_delta(self, raw: bytes) -> bool:
-        """Apply one changelog record; True if it was a snapshot."""
+        """Apply one changelog record; True if it was a snapshot. A restore: the records in changelog
+        order on a fresh state, before its first process() (which drops the restore's heaps)."""
         body = orjson.loads(raw)
         version = body.get("v") if isinstance(body, dict) else None
         if version not in (2, STATE_VERSION, SNAPSHOT_VERSION):
