@@ -155,14 +155,16 @@ class MergeState:
         # to be written to the changelog as it arrived.
         self.windows.add(ps, (tag, platform), Reach(posts, shares, impressions, engagement, dict(authors)))
 
-    def _add_window_share(self, share: list) -> None:
+    def _add_window_share(self, share: list) -> bool:
+        """Merge a window share in; True if its window had none for its tag and platform yet."""
         size, start, tag, platform, posts, shares, impressions, engagement, authors = share
         reach = Reach(posts, shares, impressions, engagement, dict(authors))
         known = self.window_shares.get((size, start, tag, platform))
         if known is None:
             self.window_shares[(size, start, tag, platform)] = reach
-        else:
-            known.merge(reach)
+            return True
+        known.merge(reach)
+        return False
 
     def frontier(self) -> int | None:
         """The time up to which every upstream partition has closed its panes."""
@@ -303,18 +305,19 @@ class MergeState:
             self.closed = {size: recorded.get(size, min(known, default=None)) for size in self.closed}
         for partial in body["a"]:
             self._add(partial)
-        ends, shares = self._restored_ends, self.window_shares
+        ends = self._restored_ends
         for share in body["w"]:
-            size, start, tag, platform = share[0], share[1], share[2], share[3]
-            if (size, start, tag, platform) not in shares:  # a share already held has its end in the heap
-                heapq.heappush(ends.setdefault(size, []), (start + size, start, tag, platform))
-            self._add_window_share(share)
+            if self._add_window_share(share):  # a share already held has its end in the heap
+                size, start = share[0], share[1]
+                heapq.heappush(ends.setdefault(size, []), (start + size, start, share[2], share[3]))
         # Shares of windows emitted since are dropped (the close that emitted them removed them). Only
         # the ends due are looked at: scanning every share after every record made a restore quadratic
         # (a day's windows hold hundreds of thousands of shares: 68 of a partition's 79 s).
         for size, heap in ends.items():
             until = self.closed.get(size)
-            while heap and until is not None and heap[0][0] <= until:
+            if until is None:
+                continue
+            while heap and heap[0][0] <= until:
                 _end, start, tag, platform = heapq.heappop(heap)
                 self.window_shares.pop((size, start, tag, platform), None)
         evicted = set(body["x"])
