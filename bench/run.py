@@ -369,22 +369,50 @@ async def _read_windows(bootstrap: str, topic: str, stop: asyncio.Event, out: li
         out.extend((row["window_size"], row["window_end"], now) for row in window_rows_of(value))
 
 
+def _iso_utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def history_posts(pool: list[dict], history_from: float, seconds: float, rate: float) -> list[dict]:
+    """Posts dated from history_from over `seconds`, `rate` a second of event time."""
+    posts = []
+    for i in range(int(seconds * rate)):
+        post = dict(pool[i % len(pool)])
+        post["post_id"] = f"hist{i}"
+        post["created_at"] = _iso_utc(history_from + i / rate)
+        posts.append(post)
+    return posts
+
+
+def _start_clock(ns: Namespace, pool: list[dict], created: float, pipeline) -> None:
+    """One post dated `created` per raw partition; returns once every partition committed it.
+
+    Every stage-1 partition then has a watermark: stage 2 skips a partition that never saw a post
+    once it idles, and would close windows without it. Before a history, `created` is the
+    history's start and the history must follow at once: a post dated now, or an idle timeout
+    after the warm-up (the wall clock then moves an idle partition's watermark), would make the
+    whole history late (counted late for its 1-minute windows, sent on as window shares instead
+    of panes for the longer ones)."""
+    warm = [dict(pool[0], post_id="warmup", created_at=_iso_utc(created))]
+    asyncio.run(kafka_io.load(ns.bootstrap, [ns.settings.topics.raw],
+                              [(p, orjson.dumps(warm)) for p in range(ns.settings.partitions)]))
+    wait_for(lambda: sum(asyncio.run(kafka_io.committed(ns.bootstrap, ns.settings.app_id,
+                                                        ns.settings.topics.raw)).values())
+             >= ns.settings.partitions, 180, "workers to start", pipeline=pipeline, step=0.1)
+
+
 def _load_history(ns: Namespace, pool: list[dict], seconds: float, rate: float, pipeline) -> dict:
-    """Posts dated over the last `seconds` before now, `rate` a second of event time, replayed
-    before the live part; returns once the workers and the sink have caught up with them.
+    """history_posts() replayed before the live part; returns once the workers and the sink have
+    caught up with them. The harness stops if the replay left late events (see _start_clock).
 
     Without it the live part measures windows a few minutes old: its 1 h windows hold one or two
     5-minute blocks. With an hour of history every 1 h window closed live spans twelve blocks,
     as on a pipeline that has run for an hour, and a day window closed live holds hour blocks."""
-    n = int(seconds * rate)
-    start = time.time() - seconds
-    posts = []
-    for i in range(n):
-        post = dict(pool[i % len(pool)])
-        post["post_id"] = f"hist{i}"
-        post["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start + i / rate))
-        posts.append(post)
+    history_from = time.time() - seconds
+    posts = history_posts(pool, history_from, seconds, rate)
+    n = len(posts)
     messages = kafka_io.batch_messages(kafka_io.route(posts, ns.settings.partitions))
+    _start_clock(ns, pool, history_from, pipeline)
     began = time.monotonic()
     asyncio.run(kafka_io.load(ns.bootstrap, [ns.settings.topics.raw], messages))
     topics = ns.settings.topics
@@ -409,8 +437,13 @@ def _load_history(ns: Namespace, pool: list[dict], seconds: float, rate: float, 
         if count == stored:
             break
         stored = count
+    late = ns.sql("SELECT sum(events) FROM tagpulse.late_events")[0][0] or 0
+    if late:
+        # Its windows would be made of late window shares, not panes: not the shape measured here.
+        raise SystemExit(f"bench: the history replay left {late} late events (a watermark ahead of it)")
     return {"seconds": seconds, "rate_posts_per_s": rate, "posts": n,
-            "replayed_s": round(replayed, 1), "in_clickhouse_s": round(time.monotonic() - began, 1)}
+            "replayed_s": round(replayed, 1), "in_clickhouse_s": round(time.monotonic() - began, 1),
+            "late_events": int(late)}
 
 
 def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, workers: int,
@@ -423,18 +456,14 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
         pipeline.start_sink()
         for _ in range(workers):
             pipeline.start_worker()
-        # Let the workers join and own their partitions before the clock matters.
-        warm = [dict(pool[0], post_id="warmup", created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))]
-        asyncio.run(kafka_io.load(ns.bootstrap, [ns.settings.topics.raw], [(p, orjson.dumps(warm)) for p in range(4)]))
-        wait_for(lambda: sum(asyncio.run(kafka_io.committed(ns.bootstrap, ns.settings.app_id,
-                                                            ns.settings.topics.raw)).values()) >= 4,
-                 180, "workers to start", pipeline=pipeline, step=0.5)
-        # One worker can own and commit every partition before the other joins; the rebalance
-        # that follows would move partitions (and their state) while the clock runs.
+        # One worker can own every partition before the other joins; the rebalance that follows
+        # would move partitions (and their state) while the clock runs.
         wait_for(lambda: asyncio.run(kafka_io.group_members(ns.bootstrap, ns.settings.app_id)) == ("Stable", workers),
                  180, "every worker in the consumer group", pipeline=pipeline, step=0.5)
         if history_s and history_rate:
             history = _load_history(ns, pool, history_s, history_rate, pipeline)
+        else:
+            _start_clock(ns, pool, time.time(), pipeline)
         # This process holds the generated posts (millions of objects in a full run): a full
         # collection of them took most of a core for up to a second, stalling the live producer and
         # the reader on the cores the pipeline shares. Nothing of it is garbage: exempt it.

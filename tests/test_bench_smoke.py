@@ -44,6 +44,27 @@ def test_bench_small_runs_and_counts_add_up(stack_settings, tmp_path):
     assert set(result["goals"]) and "ratios" in result
 
 
+@pytest.mark.timeout(480)
+def test_bench_latency_part_replays_its_history_on_time(stack_settings, tmp_path):
+    """The latency part at smoke size: its history must reach the windows as panes, not as late
+    posts (the harness stops if the replay left late events), and the live part closes 1-minute
+    windows that the restarted worker goes on from."""
+    env = dict(os.environ)
+    env["TAGPULSE_KAFKA"] = stack_settings.kafka_bootstrap
+    env["TAGPULSE_BENCH_WORK"] = str(tmp_path / "work")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-m", "bench.run", "--small", "--latency-rate", "2000",
+                           "--latency-history", "180", "--skip", "raw,e2e1,e2e2,anchors,producer",
+                           "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, timeout=460)
+    assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
+    [path] = list(tmp_path.glob("*-small.json"))
+    latency = json.loads(path.read_text())["latency"]
+    assert latency["history"]["posts"] == 180 * 250 and latency["history"]["late_events"] == 0
+    assert latency["windows"] >= 1 and latency["rows"] > 0
+    assert latency["restart_after_live"]["kill9_to_processing_s"] > 0
+
+
 def expected_window_rows() -> int:
     """Rows the oracle computes for the same generated posts (the generator is deterministic)."""
     if str(REPO) not in sys.path:
