@@ -18,7 +18,6 @@ came back) is counted late for that window, never folded in.
 """
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 
 import orjson
@@ -73,13 +72,16 @@ class MergeState:
         self.closed: dict[int, int | None] = {size: None for size, _ in self.windows.specs}
         # (size, start, tag, platform) -> window share of posts that came after their pane
         self.window_shares: dict[tuple, Reach] = {}
+        # window size -> window end -> the keys of its window shares, each once: a close takes only
+        # the shares of the windows it emits, a restore drops those of windows emitted since. A
+        # backlog of late posts leaves hundreds of thousands of shares; looking at each of them at
+        # every close step cost 30 ms a look on one core, and a restore that did so after every
+        # record was quadratic.
+        self._share_keys: dict[int, dict[int, list[tuple]]] = {}
         # changes since the last delta()
         self._accepted: list[list] = []
         self._accepted_windows: list[list] = []
         self._evicted: list[int] = []
-        # While restoring: window size -> heap of (end, start, tag, platform) of the window shares read
-        # (apply_delta); process() drops it, a running state removes shares as it closes their windows.
-        self._restored_ends: dict[int, list[tuple]] = {}
 
     @property
     def panes(self) -> dict:
@@ -99,7 +101,6 @@ class MergeState:
         a crash fell. After process(), the shell calls close_step() while pending() says so.
         """
         result = Stage2Result()
-        self._restored_ends = {}
         while self.pending():
             self._finalise(result)
         for offset, value in records:
@@ -155,16 +156,27 @@ class MergeState:
         # to be written to the changelog as it arrived.
         self.windows.add(ps, (tag, platform), Reach(posts, shares, impressions, engagement, dict(authors)))
 
-    def _add_window_share(self, share: list) -> bool:
-        """Merge a window share in; True if its window had none for its tag and platform yet."""
+    def _add_window_share(self, share: list) -> None:
         size, start, tag, platform, posts, shares, impressions, engagement, authors = share
         reach = Reach(posts, shares, impressions, engagement, dict(authors))
-        known = self.window_shares.get((size, start, tag, platform))
+        key = (size, start, tag, platform)
+        known = self.window_shares.get(key)
         if known is None:
-            self.window_shares[(size, start, tag, platform)] = reach
-            return True
-        known.merge(reach)
-        return False
+            self.window_shares[key] = reach
+            self._share_keys.setdefault(size, {}).setdefault(start + size, []).append(key)
+        else:
+            known.merge(reach)
+
+    def _take_window_shares(self, size: int, until: int) -> dict[tuple, Reach]:
+        """Remove and return the window shares of the windows of this size ending at or before until."""
+        by_end = self._share_keys.get(size)
+        taken: dict[tuple, Reach] = {}
+        if by_end:
+            pop = self.window_shares.pop
+            for end in [end for end in by_end if end <= until]:
+                for key in by_end.pop(end):
+                    taken[key] = pop(key)
+        return taken
 
     def frontier(self) -> int | None:
         """The time up to which every upstream partition has closed its panes."""
@@ -218,7 +230,7 @@ class MergeState:
                 closed[size] = stop
             elif not emitted:
                 closed[size] = stop
-                rows = windows.close(old, stop, self.window_shares, size=size)
+                rows = windows.close(old, stop, self._take_window_shares(size, stop), size=size)
                 if rows:
                     result.rows.extend(rows)
                     emitted = True  # larger sizes with windows to close wait for the next step
@@ -246,8 +258,9 @@ class MergeState:
             return frontier
         stop = old + step
         last_end = self.windows.last_window_end()
-        if self.window_shares:
-            share_end = max(start + size for size, start, _tag, _platform in self.window_shares)
+        share_ends = [max(by_end) for by_end in self._share_keys.values() if by_end]
+        if share_ends:
+            share_end = max(share_ends)
             last_end = share_end if last_end is None else max(last_end, share_end)
         # Past the end of the last window that holds anything, the rest of the jump is empty.
         return frontier if last_end is None or stop >= last_end else stop
@@ -283,7 +296,7 @@ class MergeState:
 
     def apply_delta(self, raw: bytes) -> bool:
         """Apply one changelog record; True if it was a snapshot. A restore: the records in changelog
-        order on a fresh state, before its first process() (which drops the restore's heaps)."""
+        order on a fresh state, before its first process()."""
         body = orjson.loads(raw)
         version = body.get("v") if isinstance(body, dict) else None
         if version not in (2, STATE_VERSION, SNAPSHOT_VERSION):
@@ -293,7 +306,7 @@ class MergeState:
         if version == SNAPSHOT_VERSION:  # everything before it is in it
             self.windows = PaneWindows(self.windows.specs)
             self.window_shares = {}
-            self._restored_ends = {}
+            self._share_keys = {}
         self.offset = body["o"]
         self.upstream = {int(k): v for k, v in body["u"].items()}
         if version == 2:
@@ -305,21 +318,12 @@ class MergeState:
             self.closed = {size: recorded.get(size, min(known, default=None)) for size in self.closed}
         for partial in body["a"]:
             self._add(partial)
-        ends = self._restored_ends
         for share in body["w"]:
-            if self._add_window_share(share):  # a share already held has its end in the heap
-                size, start = share[0], share[1]
-                heapq.heappush(ends.setdefault(size, []), (start + size, start, share[2], share[3]))
-        # Shares of windows emitted since are dropped (the close that emitted them removed them). Only
-        # the ends due are looked at: scanning every share after every record made a restore quadratic
-        # (a day's windows hold hundreds of thousands of shares: 68 of a partition's 79 s).
-        for size, heap in ends.items():
-            until = self.closed.get(size)
-            if until is None:
-                continue
-            while heap and heap[0][0] <= until:
-                _end, start, tag, platform = heapq.heappop(heap)
-                self.window_shares.pop((size, start, tag, platform), None)
+            self._add_window_share(share)
+        # Shares of windows emitted since are dropped (the close that emitted them removed them).
+        for size, until in self.closed.items():
+            if until is not None:
+                self._take_window_shares(size, until)
         evicted = set(body["x"])
         if evicted:
             self.windows.evict_panes(evicted)
