@@ -13,7 +13,8 @@ MergeState.warm() between batches as the worker's shell does (PaneWindows.warm: 
 1 h and day windows merged ahead); "early" is warm, and stage 1 ships each pane's shares 2 s of event
 time before its end as the live worker does (DedupWindowState.ship_early), the rest at its close; it
 also times stage 1's batches that ship a pane at its close. The variants alternate K times; every run
-must give the same rows.
+must give the same rows. With --backlog N, N late posts arrive at once --backlog-at seconds into the
+stream (stage 1 sends them on as window shares, which every later close step of stage 2 holds).
 Writes bench/results/<timestamp>-live-close.json.
 """
 from __future__ import annotations
@@ -46,6 +47,7 @@ def run(messages: list[bytes], specs, warm: bool, early: bool = False) -> dict:
     warm_s: list[float] = []
     ship_s: list[float] = []  # stage 1: batches that shipped a pane at its close (process, delta, message)
     digest = 0
+    most_shares = 0  # window shares held by stage 2 at most
 
     def timed(step) -> None:
         nonlocal digest
@@ -63,17 +65,19 @@ def run(messages: list[bytes], specs, warm: bool, early: bool = False) -> dict:
         if early:  # live, event time is the wall clock's: the latest one stands for "now"
             state.ship_early(state.early_due(state.max_event, EARLY_SHIP_S), res)
         state.delta()
-        msg = orjson.dumps({"src": 0, "wm": state.watermark, "idle": False, "rows": res.partials})
+        msg = orjson.dumps({"src": 0, "wm": state.watermark, "idle": False, "rows": res.partials,
+                            "windows": res.window_share_rows()})
         if any(p[0] not in res.early for p in res.partials):
             ship_s.append(time.perf_counter() - a)
         timed(lambda: merge.process([(i, msg)]))
+        most_shares = max(most_shares, len(merge.window_shares))
         while merge.pending():
             timed(merge.close_step)
         if warm and merge.warm_due():
             a = time.perf_counter()
             merge.warm()
             warm_s.append(time.perf_counter() - a)
-    return {"steps": steps, "warm_s": warm_s, "ship_s": ship_s, "digest": digest}
+    return {"steps": steps, "warm_s": warm_s, "ship_s": ship_s, "digest": digest, "most_shares": most_shares}
 
 
 def summary(steps: list[tuple[int, int, float]]) -> dict:
@@ -95,12 +99,25 @@ def main() -> None:
     parser.add_argument("--windows", default="1m,1h/5m,24h/1h")
     parser.add_argument("--variants", default="cold,warm",
                         help="comma list of cold, warm and early (warm, and stage 1 ships panes early)")
+    parser.add_argument("--backlog", type=int, default=0,
+                        help="posts arriving late, all at once, --backlog-at seconds of event time into the stream "
+                             "and dated over the time before it but its last 2 minutes: stage 1 sends them on as "
+                             "window shares of the 1 h and day windows still open (a platform's backlog)")
+    parser.add_argument("--backlog-at", type=float, default=1200.0)
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the result file")
     args = parser.parse_args()
     specs = parse_window_specs(args.windows)
     posts, _unique = synthetic_arrivals(args.posts, rate_per_s=args.rate)
     messages = [orjson.dumps(posts[i:i + 500]) for i in range(0, len(posts), 500)]
     del posts
+    if args.backlog:
+        span = args.backlog_at - 120
+        late, _ = synthetic_arrivals(args.backlog, seed=7, rate_per_s=args.backlog / span)
+        for i, post in enumerate(late):
+            post["post_id"] = f"late{i}"
+        at = int(args.backlog_at * args.rate / 500)
+        messages[at:at] = [orjson.dumps(late[i:i + 500]) for i in range(0, len(late), 500)]
+        del late
     gc.collect()
     tune_worker_gc()  # as the worker does: the input is not garbage either
     runs: dict[str, list[dict]] = {v: [] for v in args.variants.split(",")}
@@ -112,11 +129,13 @@ def main() -> None:
     if len(digests) != 1:
         raise SystemExit("cold and warm closes gave different rows")
     result: dict = {"posts": args.posts, "rate_per_s": args.rate, "windows": args.windows, "pairs": args.pairs,
+                    "backlog": args.backlog, "backlog_at_s": args.backlog_at,
                     "note": "seconds per close step that emits rows (merge step with the spike detector and "
                             "its delta), one stage-2 partition on one core"}
     for variant, rs in runs.items():
         result[variant] = summary([s for r in rs for s in r["steps"]])
     for variant, rs in runs.items():
+        result[variant]["window_shares_max"] = max(r["most_shares"] for r in rs)
         ships = [s for r in rs for s in r["ship_s"]]
         result[variant]["stage1_close_batches"] = {"count": len(ships),
                                                    "median_s": round(statistics.median(ships), 4) if ships else None,
