@@ -94,16 +94,19 @@ def test_profile_core_runs_the_whole_pure_path_and_its_rows_add_up():
 
 def test_live_close_runs_warmed_and_cold_with_the_same_rows(tmp_path):
     """`python -m bench.live_close` at smoke size: 13 minutes of event time, two 5-minute boundaries
-    that close 1 h windows; it exits non-zero if warming changed any row."""
+    that close 1 h windows, a backlog of late posts held as window shares; it exits non-zero if
+    warming changed any row."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     done = subprocess.run([sys.executable, "-m", "bench.live_close", "--posts", "40000", "--rate", "50",
-                           "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, timeout=110)
+                           "--backlog", "3000", "--backlog-at", "300", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, timeout=110)
     assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
     [written] = tmp_path.glob("*-live-close.json")
     result = json.loads(written.read_text())
     assert result["cold"]["3600"]["steps"] == result["warm"]["3600"]["steps"] == 2
     assert result["warm"]["calls"]["count"] > 0 and result["cold"]["60"]["rows_median"] > 0
+    assert result["warm"]["window_shares_max"] == result["cold"]["window_shares_max"] > 0
 
 
 def test_the_latency_goal_takes_the_slowest_window_size():
