@@ -20,7 +20,7 @@ PLATFORM_WEIGHTS = (0.35, 0.30, 0.20, 0.10, 0.05)
 T0 = 1_748_736_000  # 2025-06-01T00:00:00Z
 
 
-def _iso(t: int) -> str:
+def iso_utc(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -64,7 +64,7 @@ def synthetic_arrivals(n: int, seed: int = 42, dup_rate: float = 0.03, disorder_
         t = int(times[i])
         created = iso_cache.get(t)
         if created is None:
-            created = iso_cache[t] = _iso(t)
+            created = iso_cache[t] = iso_utc(t)
         author = int(author_ranks[i])
         followers = int(author_followers[author]) + (int(i % 97) if growth[i] else 0)
         share = bool(shares[i])

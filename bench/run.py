@@ -37,7 +37,7 @@ from pathlib import Path
 import orjson
 
 from bench import kafka_io
-from bench.generate import synthetic_arrivals
+from bench.generate import iso_utc, synthetic_arrivals
 from tagpulse.core.windows import window_rows_of
 from tagpulse.pipeline import broker_pids, cpu_seconds, peak_rss_mb
 from tagpulse.stack import free_port
@@ -324,7 +324,7 @@ async def _live_produce(bootstrap: str, topic: str, pool: list[dict], rate: floa
     try:
         while time.monotonic() - start < seconds and not stop.is_set():
             now = time.time()
-            created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+            created = iso_utc(now)
             carry += per_tick
             n = int(carry)
             carry -= n
@@ -369,17 +369,13 @@ async def _read_windows(bootstrap: str, topic: str, stop: asyncio.Event, out: li
         out.extend((row["window_size"], row["window_end"], now) for row in window_rows_of(value))
 
 
-def _iso_utc(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
 def history_posts(pool: list[dict], history_from: float, seconds: float, rate: float) -> list[dict]:
     """Posts dated from history_from over `seconds`, `rate` a second of event time."""
     posts = []
     for i in range(int(seconds * rate)):
         post = dict(pool[i % len(pool)])
         post["post_id"] = f"hist{i}"
-        post["created_at"] = _iso_utc(history_from + i / rate)
+        post["created_at"] = iso_utc(history_from + i / rate)
         posts.append(post)
     return posts
 
@@ -393,7 +389,7 @@ def _start_clock(ns: Namespace, pool: list[dict], created: float, pipeline) -> N
     after the warm-up (the wall clock then moves an idle partition's watermark), would make the
     whole history late (counted late for its 1-minute windows, sent on as window shares instead
     of panes for the longer ones)."""
-    warm = [dict(pool[0], post_id="warmup", created_at=_iso_utc(created))]
+    warm = [dict(pool[0], post_id="warmup", created_at=iso_utc(created))]
     asyncio.run(kafka_io.load(ns.bootstrap, [ns.settings.topics.raw],
                               [(p, orjson.dumps(warm)) for p in range(ns.settings.partitions)]))
     wait_for(lambda: sum(asyncio.run(kafka_io.committed(ns.bootstrap, ns.settings.app_id,
@@ -529,7 +525,7 @@ def run_latency(ns: Namespace, pool: list[dict], rate: float, seconds: float, wo
 
 def _probe_posts(ns: Namespace, pool: list[dict], tag: str) -> list[tuple[int, bytes]]:
     """One post dated now per raw partition: each partition's stage 1 commits once it is processed."""
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = iso_utc(time.time())
     return [(p, orjson.dumps([dict(pool[p], post_id=f"{tag}-{p}", created_at=now)]))
             for p in range(ns.settings.partitions)]
 
